@@ -1,0 +1,1 @@
+"""llmbackend: many LLM providers behind one dependable asyncio interface."""

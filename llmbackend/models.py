@@ -1,0 +1,342 @@
+"""Frozen values that cross the SDK's public surface: requests, responses, stream events, stats."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+import attrs
+from attrs import field, frozen
+
+__all__ = [
+    "BackendHealth",
+    "BackendStatistics",
+    "ChatMessage",
+    "ChatRequest",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "FinishEvent",
+    "FinishReason",
+    "LlmRequest",
+    "LlmResponse",
+    "PluginInfo",
+    "StreamEvent",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolDefinition",
+    "Usage",
+    "UsageEvent",
+]
+
+Role: TypeAlias = Literal["system", "user", "assistant", "tool"]
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if value is not None else ()
+
+
+def _mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value) if value else {}
+
+
+class FinishReason(enum.StrEnum):
+    """Why a model stopped, normalised across providers (the raw value is kept beside it)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
+    ERROR = "error"
+
+
+@frozen(kw_only=True)
+class ToolCall:
+    """A function call the model asked for. ``arguments`` is the JSON text as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> Any:
+        """The arguments decoded from JSON (``{}`` for an empty string)."""
+        return json.loads(self.arguments) if self.arguments.strip() else {}
+
+
+@frozen(kw_only=True)
+class ToolDefinition:
+    """A function the model may call: a name, a description and a JSON-schema for parameters."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(
+        factory=lambda: {"type": "object", "properties": {}}, converter=_mapping
+    )
+
+
+@frozen(kw_only=True)
+class ChatMessage:
+    """One message of a conversation."""
+
+    role: Role
+    content: str | None = None
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = field(default=(), converter=_tuple)
+    tool_call_id: str | None = None
+
+    @classmethod
+    def system(cls, content: str) -> ChatMessage:
+        return cls(role="system", content=content)
+
+    @classmethod
+    def user(cls, content: str, *, name: str | None = None) -> ChatMessage:
+        return cls(role="user", content=content, name=name)
+
+    @classmethod
+    def assistant(
+        cls, content: str | None = None, *, tool_calls: tuple[ToolCall, ...] = ()
+    ) -> ChatMessage:
+        return cls(role="assistant", content=content, tool_calls=tool_calls)
+
+    @classmethod
+    def tool(cls, content: str, *, tool_call_id: str, name: str | None = None) -> ChatMessage:
+        return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+
+
+@frozen(kw_only=True)
+class ChatRequest:
+    """A chat call. ``None`` parameters fall back to the backend config, then global settings."""
+
+    messages: tuple[ChatMessage, ...] = field(converter=_tuple)
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop_sequences: tuple[str, ...] = field(default=(), converter=_tuple)
+    tools: tuple[ToolDefinition, ...] = field(default=(), converter=_tuple)
+    tool_choice: str | Mapping[str, Any] | None = None
+    response_format: Mapping[str, Any] | None = None
+    preferred_backend: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
+
+    @messages.validator
+    def _check_messages(self, _attr: attrs.Attribute[Any], value: tuple[ChatMessage, ...]) -> None:
+        if not value:
+            raise ValueError("a chat request needs at least one message")
+
+
+@frozen(kw_only=True)
+class LlmRequest:
+    """A single-prompt completion: a user prompt and an optional system prompt."""
+
+    prompt: str
+    system_prompt: str | None = None
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop_sequences: tuple[str, ...] = field(default=(), converter=_tuple)
+    preferred_backend: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
+
+    def to_chat(self) -> ChatRequest:
+        """The equivalent chat request: an optional system message, then the prompt."""
+        messages = [ChatMessage.user(self.prompt)]
+        if self.system_prompt:
+            messages.insert(0, ChatMessage.system(self.system_prompt))
+        return ChatRequest(
+            messages=messages,
+            model=self.model,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            top_p=self.top_p,
+            stop_sequences=self.stop_sequences,
+            preferred_backend=self.preferred_backend,
+            metadata=self.metadata,
+        )
+
+
+@frozen(kw_only=True)
+class Usage:
+    """Token counts reported by a provider.
+
+    ``cached_prompt_tokens`` is the part of ``prompt_tokens`` served from the provider's cache.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @classmethod
+    def of(cls, prompt: int, completion: int, total: int | None = None, cached: int = 0) -> Usage:
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion if total is None else total,
+            cached_prompt_tokens=cached,
+        )
+
+
+@frozen(kw_only=True)
+class LlmResponse:
+    """The answer to a completion or chat call, with who answered and what it cost."""
+
+    content: str
+    backend: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    raw_finish_reason: str | None = None
+    duration_ms: float = 0.0
+    #: ``None`` means unknown (the backend has no prices configured), never "free".
+    cost_usd: float | None = None
+    tool_calls: tuple[ToolCall, ...] = field(default=(), converter=_tuple)
+    #: Other answers gathered by the simultaneous strategy.
+    alternative_responses: tuple[LlmResponse, ...] = field(default=(), converter=_tuple)
+    cached: bool = False
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.total_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens,
+        )
+
+
+# --- stream events -------------------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class TextDelta:
+    """A piece of answer text."""
+
+    text: str
+
+
+@frozen(kw_only=True)
+class ToolCallDelta:
+    """A fragment of a tool call; fragments with the same ``index`` belong to one call."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments_delta: str = ""
+
+
+@frozen(kw_only=True)
+class UsageEvent:
+    """Token usage for the whole stream, as reported by the provider."""
+
+    usage: Usage
+
+
+@frozen(kw_only=True)
+class FinishEvent:
+    """The provider really finished. Sent last, and only when the stream completed normally."""
+
+    reason: FinishReason | None
+    raw_reason: str | None
+    backend: str
+    model: str
+
+
+StreamEvent: TypeAlias = TextDelta | ToolCallDelta | UsageEvent | FinishEvent
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class EmbeddingRequest:
+    """Texts to embed."""
+
+    inputs: tuple[str, ...] = field(converter=_tuple)
+    model: str | None = None
+    dimensions: int | None = None
+    preferred_backend: str | None = None
+    metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
+
+    @inputs.validator
+    def _check_inputs(self, _attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        if not value:
+            raise ValueError("an embedding request needs at least one input")
+
+
+@frozen(kw_only=True)
+class EmbeddingResponse:
+    """One vector per input, in input order."""
+
+    embeddings: tuple[tuple[float, ...], ...]
+    backend: str
+    model: str
+    prompt_tokens: int = 0
+    duration_ms: float = 0.0
+    cost_usd: float | None = None
+
+
+# --- health, statistics, plugins ------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class BackendHealth:
+    """The result of one availability check."""
+
+    backend: str
+    available: bool
+    latency_ms: float
+    checked_at: datetime
+    error: str | None = None
+
+
+@frozen(kw_only=True)
+class BackendStatistics:
+    """A snapshot of one backend's counters (see ``BaseLlmBackend.statistics()``)."""
+
+    name: str
+    backend_type: str
+    model: str | None
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    consecutive_failures: int
+    average_latency_ms: float
+    p50_latency_ms: float
+    p95_latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    total_cost_usd: float
+    last_error: str | None
+    last_error_at: datetime | None
+    last_success_at: datetime | None
+    last_used_at: datetime | None
+
+    @property
+    def success_rate(self) -> float:
+        """Successful share of all requests (1.0 when there were none)."""
+        return self.successful_requests / self.total_requests if self.total_requests else 1.0
+
+
+@frozen(kw_only=True)
+class PluginInfo:
+    """What the registry knows about a loaded plugin."""
+
+    plugin_id: str
+    name: str
+    version: str
+    author: str
+    description: str
+    backend_types: tuple[str, ...]
+    #: Where it came from: ``builtin``, ``entry_point:<name>``, ``file:<path>`` or ``runtime``.
+    source: str

@@ -1,0 +1,40 @@
+"""Plugins: the one path by which backend types (built-in or third-party) reach the SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from llmbackend._logging import LoggerFactory
+    from llmbackend.backends.base import BaseLlmBackend, SessionFactory
+    from llmbackend.settings import LlmBackendConfig
+
+__all__ = ["ILlmBackendPlugin"]
+
+
+@runtime_checkable
+class ILlmBackendPlugin(Protocol):
+    """What a plugin provides. Any object with these members is a plugin (no base class)."""
+
+    plugin_id: str
+    plugin_name: str
+    version: str
+    author: str
+    description: str
+    #: Backend type names this plugin builds; matched case-insensitively.
+    supported_backend_types: Sequence[str]
+
+    def create_backend(
+        self,
+        backend_type: str,
+        config: LlmBackendConfig,
+        logger_factory: LoggerFactory,
+        session_factory: SessionFactory,
+    ) -> BaseLlmBackend:
+        """Build a backend of ``backend_type`` (lower-cased) for ``config``."""
+        ...
+
+    def validate(self) -> bool:
+        """Whether the plugin can work here (dependencies present...). False skips it."""
+        ...

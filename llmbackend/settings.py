@@ -1,0 +1,271 @@
+"""The settings tree: one frozen attrs value per section, with the documented defaults.
+
+Load settings with :func:`llmbackend.load_settings` (dict, JSON, TOML, environment); it
+validates everything and reports every problem at once with its path.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field, frozen
+
+__all__ = [
+    "BUILTIN_BACKEND_TYPES",
+    "DEFAULT_BASE_URLS",
+    "CacheProvider",
+    "CachingSettings",
+    "CircuitBreakerSettings",
+    "HealthCheckSettings",
+    "LlmBackendConfig",
+    "LlmSettings",
+    "MemorySettings",
+    "PluginSettings",
+    "RateLimitSettings",
+    "SecretsProvider",
+    "SecretsSettings",
+    "SelectionStrategy",
+    "SpendResetPeriod",
+    "TelemetrySettings",
+    "Weekday",
+]
+
+
+class SelectionStrategy(enum.StrEnum):
+    """How the service orders (or fans out to) backends for a request."""
+
+    FAILOVER = "failover"
+    ROUND_ROBIN = "round_robin"
+    LOWEST_LATENCY = "lowest_latency"
+    SPECIFIC = "specific"
+    RANDOM = "random"
+    SIMULTANEOUS = "simultaneous"
+
+
+class CacheProvider(enum.StrEnum):
+    MEMORY = "memory"
+    SQLITE = "sqlite"
+    REDIS = "redis"
+
+
+class SecretsProvider(enum.StrEnum):
+    CONFIGURATION = "configuration"
+    ENVIRONMENT_VARIABLES = "environment_variables"
+    FILE = "file"
+    CUSTOM = "custom"
+
+
+class SpendResetPeriod(enum.StrEnum):
+    NEVER = "never"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+
+
+class Weekday(enum.StrEnum):
+    MONDAY = "monday"
+    TUESDAY = "tuesday"
+    WEDNESDAY = "wednesday"
+    THURSDAY = "thursday"
+    FRIDAY = "friday"
+    SATURDAY = "saturday"
+    SUNDAY = "sunday"
+
+
+#: Backend types built into the SDK (the built-in plugin provides those it implements).
+BUILTIN_BACKEND_TYPES: tuple[str, ...] = (
+    "openai",
+    "azure_openai",
+    "anthropic",
+    "gemini",
+    "cohere",
+    "ollama",
+    "lmstudio",
+    "llamacpp",
+    "easynmt",
+    "openai_compatible",
+)
+
+#: The ``base_url`` a built-in backend uses when its config names none.
+DEFAULT_BASE_URLS: Mapping[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "cohere": "https://api.cohere.com",
+    "ollama": "http://localhost:11434",
+    "lmstudio": "http://localhost:1234/v1",
+    "llamacpp": "http://localhost:8080",
+    "easynmt": "http://localhost:24080",
+}
+
+
+def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(value) if value else {}
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(value) if value else ()
+
+
+@frozen(kw_only=True)
+class LlmBackendConfig:
+    """One configured backend. ``None`` parameters fall back to the global settings."""
+
+    name: str
+    #: A built-in type (see :data:`BUILTIN_BACKEND_TYPES`); ``custom`` (or omitted) when
+    #: ``custom_backend_type`` names a plugin type.
+    type: str | None = None
+    #: Selects a plugin-provided backend type (case-insensitive).
+    custom_backend_type: str | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    model_name: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop_sequences: tuple[str, ...] = field(default=(), converter=_strings)
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    #: Lower is tried first.
+    priority: int = 100
+    weight: float = 1.0
+    enabled: bool = True
+    #: Bounds one attempt; the request's total deadline is ``LlmSettings.timeout_seconds``.
+    timeout_seconds: float | None = None
+    max_retries: int | None = None
+    additional_headers: Mapping[str, str] = field(factory=dict, converter=_headers)
+    deployment_name: str | None = None
+    api_version: str | None = None
+    organization_id: str | None = None
+    anthropic_version: str | None = None
+    project_id: str | None = None
+    location: str | None = None
+    enable_streaming: bool = True
+    enable_function_calling: bool = True
+    cost_per_million_input_tokens: float | None = None
+    cost_per_million_output_tokens: float | None = None
+    max_spend_usd: float | None = None
+    spend_reset_period: SpendResetPeriod = SpendResetPeriod.NEVER
+    spend_reset_day_of_week: Weekday = Weekday.MONDAY
+    spend_reset_day_of_month: int = 1
+    log_budget_exceeded: bool = True
+
+    @property
+    def resolved_type(self) -> str:
+        """The backend type a plugin must provide, lower-cased."""
+        chosen = self.custom_backend_type or self.type or ""
+        return chosen.lower()
+
+    @property
+    def effective_base_url(self) -> str | None:
+        """``base_url`` or the default for a built-in type."""
+        return self.base_url or DEFAULT_BASE_URLS.get(self.resolved_type)
+
+
+@frozen(kw_only=True)
+class CircuitBreakerSettings:
+    enabled: bool = True
+    failure_threshold: int = 5
+    duration_of_break_seconds: float = 30.0
+    sampling_duration_seconds: float = 60.0
+    minimum_throughput: int = 10
+
+
+@frozen(kw_only=True)
+class RateLimitSettings:
+    enabled: bool = False
+    max_requests: int = 100
+    window_seconds: float = 60.0
+    max_concurrent_requests: int = 10
+    queue_limit: int = 100
+
+
+@frozen(kw_only=True)
+class CachingSettings:
+    enabled: bool = False
+    provider: CacheProvider = CacheProvider.MEMORY
+    expiration_minutes: float = 60.0
+    max_cache_size_mb: float = 100.0
+    connection_string: str | None = field(default=None, repr=False)
+    key_prefix: str = "llm:"
+
+
+@frozen(kw_only=True)
+class HealthCheckSettings:
+    enabled: bool = True
+    interval_seconds: float = 60.0
+    timeout_seconds: float = 10.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+
+
+@frozen(kw_only=True)
+class SecretsSettings:
+    provider: SecretsProvider = SecretsProvider.CONFIGURATION
+    environment_variable_prefix: str = "LLM_"
+    #: For ``provider = "file"``: a JSON or TOML file mapping backend names to API keys.
+    file_path: str | None = None
+
+
+@frozen(kw_only=True)
+class TelemetrySettings:
+    enable_metrics: bool = True
+    enable_tracing: bool = False
+    log_prompts: bool = False
+    log_responses: bool = False
+    service_name: str = "llmbackend"
+    enable_cost_tracking: bool = True
+
+
+@frozen(kw_only=True)
+class MemorySettings:
+    provider: CacheProvider = CacheProvider.MEMORY
+    default_token_limit: int = 4096
+    ttl_minutes: float = 60.0
+
+
+@frozen(kw_only=True)
+class PluginSettings:
+    enabled: bool = True
+    plugin_directory: str = "plugins"
+    search_subdirectories: bool = True
+    load_on_startup: bool = True
+    #: Plugin files or modules to load explicitly; a failure here is an error, not a warning.
+    specific_plugins: tuple[str, ...] = field(default=(), converter=_strings)
+
+
+def _backends(value: Any) -> tuple[LlmBackendConfig, ...]:
+    return tuple(value) if value else ()
+
+
+@frozen(kw_only=True)
+class LlmSettings:
+    """The whole configuration of a service."""
+
+    backends: tuple[LlmBackendConfig, ...] = field(default=(), converter=_backends)
+    selection_strategy: SelectionStrategy = SelectionStrategy.FAILOVER
+    #: Total deadline of one request across all retries and failovers.
+    timeout_seconds: float = 120.0
+    max_retries: int = 3
+    use_exponential_backoff: bool = True
+    retry_delay_ms: float = 1000.0
+    default_temperature: float = 0.7
+    default_max_tokens: int = 2000
+    circuit_breaker: CircuitBreakerSettings = field(factory=CircuitBreakerSettings)
+    rate_limit: RateLimitSettings = field(factory=RateLimitSettings)
+    caching: CachingSettings = field(factory=CachingSettings)
+    health_check: HealthCheckSettings = field(factory=HealthCheckSettings)
+    secrets: SecretsSettings = field(factory=SecretsSettings)
+    telemetry: TelemetrySettings = field(factory=TelemetrySettings)
+    memory: MemorySettings = field(factory=MemorySettings)
+    plugins: PluginSettings = field(factory=PluginSettings)
+
+    def backend(self, name: str) -> LlmBackendConfig:
+        """The backend config called ``name`` (KeyError when there is none)."""
+        for config in self.backends:
+            if config.name == name:
+                return config
+        raise KeyError(name)
