@@ -196,9 +196,11 @@ class RateLimitedError(BackendError):
 
 
 class BackendTimeoutError(BackendError):
-    """No (complete) answer arrived in time."""
+    """No (complete) answer arrived in time.
 
-    default_retryable = True
+    Not retried on the same backend: a route that stayed silent once is likely to stay
+    silent, so the service fails over at once instead of spending the deadline on it.
+    """
 
 
 class BackendUnavailableError(BackendError):

@@ -23,6 +23,7 @@ __all__ = [
     "LlmRequest",
     "LlmResponse",
     "PluginInfo",
+    "ServiceStatistics",
     "StreamEvent",
     "TextDelta",
     "ToolCall",
@@ -326,6 +327,19 @@ class BackendStatistics:
     def success_rate(self) -> float:
         """Successful share of all requests (1.0 when there were none)."""
         return self.successful_requests / self.total_requests if self.total_requests else 1.0
+
+
+@frozen(kw_only=True)
+class ServiceStatistics:
+    """A snapshot of a service: its own counters and each backend's statistics."""
+
+    requests: int
+    successful_requests: int
+    failed_requests: int
+    #: Requests answered by a backend other than the first one tried.
+    failovers: int
+    retries: int
+    backends: Mapping[str, BackendStatistics]
 
 
 @frozen(kw_only=True)

@@ -167,7 +167,8 @@ class LlmBackendConfig:
 
 @frozen(kw_only=True)
 class CircuitBreakerSettings:
-    enabled: bool = True
+    #: Off until the breaker ships; the service refuses ``true`` rather than ignore it.
+    enabled: bool = False
     failure_threshold: int = 5
     duration_of_break_seconds: float = 30.0
     sampling_duration_seconds: float = 60.0
@@ -195,7 +196,9 @@ class CachingSettings:
 
 @frozen(kw_only=True)
 class HealthCheckSettings:
-    enabled: bool = True
+    #: Off until background checks ship; the service refuses ``true`` rather than ignore it.
+    #: ``timeout_seconds`` already bounds ``LlmService.test_backends()``.
+    enabled: bool = False
     interval_seconds: float = 60.0
     timeout_seconds: float = 10.0
     unhealthy_threshold: int = 3
@@ -254,6 +257,10 @@ class LlmSettings:
     retry_delay_ms: float = 1000.0
     default_temperature: float = 0.7
     default_max_tokens: int = 2000
+    #: Size of the shared aiohttp connection pool (0 = unbounded).
+    max_connections: int = 100
+    #: Bounds establishing a connection, separately from the request deadline.
+    connect_timeout_seconds: float = 10.0
     circuit_breaker: CircuitBreakerSettings = field(factory=CircuitBreakerSettings)
     rate_limit: RateLimitSettings = field(factory=RateLimitSettings)
     caching: CachingSettings = field(factory=CachingSettings)

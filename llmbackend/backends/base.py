@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -155,7 +155,7 @@ class BaseLlmBackend(abc.ABC):
         )
         return response
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Stream the answer as typed events, ending with a ``FinishEvent``.
 
         A stream that stops before the provider said it finished raises
