@@ -47,7 +47,12 @@ async def iter_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
 
 
 async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
-    """Dispatch SSE events; an incomplete event at the end of the body is dropped, per spec."""
+    """Dispatch SSE events.
+
+    An event still open when the body ends cleanly is dispatched too (the spec drops it,
+    but servers do omit the final blank line); a truncated payload then fails to decode
+    and is reported as malformed rather than silently lost.
+    """
     event = ""
     data: list[str] = []
     async for line in iter_lines(content):
@@ -64,6 +69,8 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
             data.append(value)
         elif name == "event":
             event = value
+    if data:
+        yield SseEvent(event or "message", "\n".join(data))
 
 
 async def iter_ndjson_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
@@ -98,7 +98,7 @@ class ChatMessage:
 
     @classmethod
     def assistant(
-        cls, content: str | None = None, *, tool_calls: tuple[ToolCall, ...] = ()
+        cls, content: str | None = None, *, tool_calls: Sequence[ToolCall] = ()
     ) -> ChatMessage:
         return cls(role="assistant", content=content, tool_calls=tool_calls)
 

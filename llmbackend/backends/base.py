@@ -23,6 +23,7 @@ from llmbackend._logging import LoggerFactory
 from llmbackend._metrics import BackendMetrics
 from llmbackend.errors import (
     BackendError,
+    BackendUnavailableError,
     LlmBackendError,
     NotSupportedError,
     StreamInterruptedError,
@@ -187,13 +188,18 @@ class BaseLlmBackend(abc.ABC):
                         elif isinstance(event, FinishEvent):
                             finished = event
                         yield event
-            if finished is None:
+            if finished is None and parts:
                 raise StreamInterruptedError(
                     "the stream ended before the provider finished the answer",
                     backend=self.name,
                     partial_text="".join(parts),
                     usage=usage,
                     retryable=False,
+                )
+            if finished is None:
+                # Nothing reached the caller: an ordinary failed attempt, worth a retry.
+                raise BackendUnavailableError(
+                    "the stream ended before any content or finish", backend=self.name
                 )
         except BackendError as exc:
             if parts and not isinstance(exc, StreamInterruptedError):

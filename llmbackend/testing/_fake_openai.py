@@ -1,24 +1,27 @@
 """``FakeOpenAIServer``: a real HTTP server on loopback that speaks the OpenAI wire format.
 
-Tests point an OpenAI(-compatible) backend at ``server.base_url`` and script what it answers.
+Tests point an OpenAI(-compatible) backend at ``server.base_url`` and script its answers.
 Each request gets one :class:`Behavior`, chosen in this order:
 
-1. the ``x-fake-behavior`` request header, naming an entry of the behaviour catalogue;
+1. the ``x-fake-behavior`` request header, naming an entry of the catalogue (an unknown
+   name is answered with HTTP 400);
 2. the request's ``model``, when it names an entry of the catalogue;
-3. the next queued behaviour (``enqueue``), for POST endpoints (chat, embeddings) only;
+3. the next queued behaviour (``enqueue``), for the POST endpoints (chat, embeddings) only,
+   so background health checks and model listings never consume the script;
 4. ``Behavior.ok()``: the server's default reply.
 
-The catalogue starts with the built-in names of :class:`BehaviorKind` (``ok``,
-``cut_stream``, ...) plus ``error_500`` and ``error_429``, and grows with ``register()``.
-Every request is recorded in ``requests`` (method, path, headers, JSON body).
+The catalogue starts with ``ok``, ``cut_stream``, ``missing_done``, ``malformed_chunk``,
+``error_500`` and ``error_429`` and grows with ``register()``. Every request is recorded in
+``requests`` (method, path, headers, JSON body).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
+import base64
 import hashlib
 import json
+import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,94 +29,18 @@ from typing import Any
 from aiohttp import web
 from attrs import field, frozen
 
-from llmbackend.models import ToolCall
+from llmbackend.testing._fake_behavior import (
+    Behavior,
+    builtin_catalogue,
+    write_error_or_raw,
+    write_sse,
+    write_whole,
+)
 
-__all__ = ["Behavior", "BehaviorKind", "FakeOpenAIServer", "RecordedRequest"]
+__all__ = ["BEHAVIOR_HEADER", "FakeOpenAIServer", "RecordedRequest"]
 
 #: The header that picks a catalogue behaviour for one request.
 BEHAVIOR_HEADER = "x-fake-behavior"
-
-
-class BehaviorKind(enum.StrEnum):
-    """What the server does with a request."""
-
-    OK = "ok"
-    ERROR = "error"
-    #: Close the connection after ``after_chunks`` content chunks, without a finish.
-    CUT_STREAM = "cut_stream"
-    #: A complete answer with ``finish_reason`` and usage, but no ``data: [DONE]``.
-    MISSING_DONE = "missing_done"
-    #: A frame that is not JSON after ``after_chunks`` content chunks.
-    MALFORMED_CHUNK = "malformed_chunk"
-    #: Write ``raw_chunks`` verbatim, one write each (replaying recorded bodies).
-    RAW = "raw"
-
-
-@frozen(kw_only=True)
-class Behavior:
-    """One scripted answer. Build it with the class methods."""
-
-    kind: BehaviorKind = BehaviorKind.OK
-    text: str | None = None
-    tool_calls: tuple[ToolCall, ...] = field(default=(), converter=tuple)
-    finish_reason: str | None = None
-    status: int = 200
-    body: Any = None
-    headers: Mapping[str, str] = field(factory=dict, converter=dict)
-    after_chunks: int = 1
-    raw_chunks: tuple[bytes, ...] = field(default=(), converter=tuple)
-    content_type: str = "text/event-stream"
-
-    @classmethod
-    def ok(
-        cls,
-        text: str | None = None,
-        *,
-        tool_calls: Sequence[ToolCall] = (),
-        finish_reason: str | None = None,
-    ) -> Behavior:
-        """A normal answer (``text`` or the server's default reply, and/or tool calls)."""
-        return cls(text=text, tool_calls=tuple(tool_calls), finish_reason=finish_reason)
-
-    @classmethod
-    def error(
-        cls, status: int, body: Any = None, headers: Mapping[str, str] | None = None
-    ) -> Behavior:
-        """An HTTP error; ``body`` defaults to an OpenAI-style ``{"error": {...}}``."""
-        return cls(kind=BehaviorKind.ERROR, status=status, body=body, headers=headers or {})
-
-    @classmethod
-    def cut_stream(cls, after_chunks: int = 1, text: str | None = None) -> Behavior:
-        """Drop the connection mid-answer (mid-body for non-streamed calls)."""
-        return cls(kind=BehaviorKind.CUT_STREAM, after_chunks=after_chunks, text=text)
-
-    @classmethod
-    def missing_done(cls, text: str | None = None) -> Behavior:
-        """A finished stream whose body ends without ``data: [DONE]``."""
-        return cls(kind=BehaviorKind.MISSING_DONE, text=text)
-
-    @classmethod
-    def malformed_chunk(cls, after_chunks: int = 1) -> Behavior:
-        """A frame that is not JSON (an unparsable body for non-streamed calls)."""
-        return cls(kind=BehaviorKind.MALFORMED_CHUNK, after_chunks=after_chunks)
-
-    @classmethod
-    def raw(
-        cls,
-        chunks: Sequence[bytes],
-        *,
-        status: int = 200,
-        content_type: str = "text/event-stream",
-        headers: Mapping[str, str] | None = None,
-    ) -> Behavior:
-        """Write ``chunks`` verbatim, one write per chunk (a frame may span writes)."""
-        return cls(
-            kind=BehaviorKind.RAW,
-            raw_chunks=tuple(chunks),
-            status=status,
-            content_type=content_type,
-            headers=headers or {},
-        )
 
 
 @frozen(kw_only=True)
@@ -123,28 +50,30 @@ class RecordedRequest:
     method: str
     path: str
     headers: Mapping[str, str]
+    #: The decoded JSON body; the text when it is not JSON; ``None`` without a body.
     json: Any
     query: Mapping[str, str] = field(factory=dict)
 
 
-def _builtin_catalogue() -> dict[str, Behavior]:
-    return {
-        BehaviorKind.OK.value: Behavior.ok(),
-        BehaviorKind.CUT_STREAM.value: Behavior.cut_stream(),
-        BehaviorKind.MISSING_DONE.value: Behavior.missing_done(),
-        BehaviorKind.MALFORMED_CHUNK.value: Behavior.malformed_chunk(),
-        "error_500": Behavior.error(500),
-        "error_429": Behavior.error(429, headers={"Retry-After": "1"}),
-    }
+def _words(text: Any) -> int:
+    return len(str(text).split()) if text else 0
 
 
-def _error_body(status: int) -> dict[str, Any]:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": f"fake error {status}", "type": kind, "code": None}}
+def _vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit-scale vector for ``text`` (same text, same vector)."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        values.extend((byte - 127.5) / 127.5 for byte in digest)
+        counter += 1
+    # Round-trip through float32 so base64 answers decode to exactly these values.
+    packed = struct.pack(f"<{dimensions}f", *values[:dimensions])
+    return list(struct.unpack(f"<{dimensions}f", packed))
 
 
-def _words(text: str) -> int:
-    return len(text.split())
+def _base64_vector(vector: Sequence[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 class FakeOpenAIServer:
@@ -167,10 +96,10 @@ class FakeOpenAIServer:
         self.models = tuple(models)
         #: Seconds every handler waits before answering (0 for none).
         self.latency = latency
-        #: Characters of text per streamed content chunk.
+        #: Characters of text (or tool arguments) per streamed chunk.
         self.chunk_size = max(1, chunk_size)
         self.embedding_dimensions = embedding_dimensions
-        self.catalogue: dict[str, Behavior] = _builtin_catalogue() | dict(behaviors or {})
+        self.catalogue: dict[str, Behavior] = builtin_catalogue() | dict(behaviors or {})
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Behavior] = deque()
         self._shutdown_timeout = shutdown_timeout
@@ -180,7 +109,7 @@ class FakeOpenAIServer:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen on 127.0.0.1 and a port the OS picks."""
+        """Listen on 127.0.0.1 and a port the OS picks. Idempotent."""
         if self._runner is not None:
             return
         app = web.Application()
@@ -190,9 +119,8 @@ class FakeOpenAIServer:
         app.router.add_get("/health", self._health)
         runner = web.AppRunner(app, shutdown_timeout=self._shutdown_timeout, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
         try:
-            await site.start()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -200,12 +128,16 @@ class FakeOpenAIServer:
         self._port = int(runner.addresses[0][1])
 
     async def aclose(self) -> None:
-        """Stop listening and finish (or, after the shutdown timeout, cancel) handlers."""
+        """Stop listening; in-flight handlers finish or are cancelled after the timeout.
+
+        Idempotent."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
 
-    stop = aclose
+    async def stop(self) -> None:
+        """Same as :meth:`aclose`."""
+        await self.aclose()
 
     async def __aenter__(self) -> FakeOpenAIServer:
         await self.start()
@@ -215,6 +147,10 @@ class FakeOpenAIServer:
         await self.aclose()
 
     @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    @property
     def port(self) -> int:
         if self._port is None:
             raise RuntimeError("the fake server has not been started")
@@ -222,11 +158,12 @@ class FakeOpenAIServer:
 
     @property
     def root_url(self) -> str:
+        """``http://127.0.0.1:<port>`` (where ``/health`` lives)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
-        """The OpenAI-style base URL, ending in ``/v1``."""
+        """The OpenAI-style base URL, ``http://127.0.0.1:<port>/v1``."""
         return f"{self.root_url}/v1"
 
     # --- scripting ------------------------------------------------------------------------
@@ -243,14 +180,19 @@ class FakeOpenAIServer:
         self.enqueue(Behavior.error(status, body, headers))
 
     def register(self, name: str, behavior: Behavior) -> None:
-        """Add ``name`` to the catalogue (selectable by header or model name)."""
+        """Add ``name`` to the catalogue (selectable by header or by model name)."""
         self.catalogue[name] = behavior
+
+    @property
+    def pending(self) -> int:
+        """How many queued behaviours are still unused."""
+        return len(self._queue)
 
     def _choose(self, request: web.Request, body: Any, *, queued: bool) -> Behavior:
         named = request.headers.get(BEHAVIOR_HEADER)
         if named is not None:
             if named not in self.catalogue:
-                return Behavior.error(400, {"error": {"message": f"unknown behavior {named}"}})
+                return Behavior.error(400, {"error": {"message": f"unknown behavior {named!r}"}})
             return self.catalogue[named]
         model = body.get("model") if isinstance(body, dict) else None
         if isinstance(model, str) and model in self.catalogue:
@@ -285,80 +227,110 @@ class FakeOpenAIServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body, behavior = await self._receive(request, queued=True)
-        if (early := await self._common(request, behavior)) is not None:
+        if (early := await write_error_or_raw(request, behavior)) is not None:
             return early
-        answer = _Answer.build(self, body, behavior)
-        if isinstance(body, dict) and body.get("stream"):
-            return await _write_stream(request, answer, behavior)
-        return await _write_whole(request, json.dumps(answer.completion()), behavior)
+        body = body if isinstance(body, dict) else {}
+        text = self.reply if behavior.text is None and not behavior.tool_calls else behavior.text
+        text = text or ""
+        reason = behavior.finish_reason or ("tool_calls" if behavior.tool_calls else "stop")
+        model = str(body.get("model") or self.model)
+        prompt = sum(
+            _words(m.get("content")) for m in body.get("messages", []) if isinstance(m, dict)
+        )
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": _words(text),
+            "total_tokens": prompt + _words(text),
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
+        base = {"id": "chatcmpl-fake", "created": 0, "model": model}
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if behavior.tool_calls:
+                message["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                    for call in behavior.tool_calls
+                ]
+            answer = base | {
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+                "usage": usage,
+            }
+            return await write_whole(request, answer, behavior)
+        chunk = base | {"object": "chat.completion.chunk"}
+        content = [
+            chunk | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            for delta in self._deltas(text, behavior)
+        ]
+        closing = [chunk | {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}]
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            closing.append(chunk | {"choices": [], "usage": usage})
+        return await write_sse(request, content, closing, behavior)
+
+    def _deltas(self, text: str, behavior: Behavior) -> list[dict[str, Any]]:
+        size = self.chunk_size
+        deltas: list[dict[str, Any]] = [
+            {"content": text[i : i + size]} for i in range(0, len(text), size)
+        ]
+        for index, call in enumerate(behavior.tool_calls):
+            function = {"name": call.name, "arguments": ""}
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call.id, "type": "function", "function": function}
+                    ]
+                }
+            )
+            deltas.extend(
+                {
+                    "tool_calls": [
+                        {"index": index, "function": {"arguments": call.arguments[i : i + size]}}
+                    ]
+                }
+                for i in range(0, len(call.arguments), size)
+            )
+        if not deltas:
+            deltas.append({"content": ""})
+        deltas[0] = {"role": "assistant"} | deltas[0]
+        return deltas
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body, behavior = await self._receive(request, queued=True)
-        if (early := await self._common(request, behavior)) is not None:
+        if (early := await write_error_or_raw(request, behavior)) is not None:
             return early
         body = body if isinstance(body, dict) else {}
         inputs = body.get("input", [])
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         dimensions = int(body.get("dimensions") or self.embedding_dimensions)
-        data = [
-            {"object": "embedding", "index": i, "embedding": _vector(text, dimensions)}
-            for i, text in enumerate(inputs)
-        ]
-        tokens = sum(_words(str(text)) for text in inputs)
+        as_base64 = body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(inputs):
+            vector = _vector(str(text), dimensions)
+            embedding = _base64_vector(vector) if as_base64 else vector
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(_words(text) for text in inputs)
         answer = {
             "object": "list",
             "data": data,
-            "model": body.get("model", self.model),
+            "model": body.get("model") or self.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        if body.get("encoding_format") == "base64":
-            for item in data:
-                item["embedding"] = _base64_vector(item["embedding"])
-        return await _write_whole(request, json.dumps(answer), behavior)
+        return await write_whole(request, answer, behavior)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, behavior = await self._receive(request, queued=False)
-        if (early := await self._common(request, behavior)) is not None:
+        if (early := await write_error_or_raw(request, behavior)) is not None:
             return early
         data = [{"id": name, "object": "model", "owned_by": "fake"} for name in self.models]
-        return await _write_whole(request, json.dumps({"object": "list", "data": data}), behavior)
+        return await write_whole(request, {"object": "list", "data": data}, behavior)
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         _, behavior = await self._receive(request, queued=False)
-        if (early := await self._common(request, behavior)) is not None:
+        if (early := await write_error_or_raw(request, behavior)) is not None:
             return early
-        return await _write_whole(request, json.dumps({"status": "ok"}), behavior)
-
-    async def _common(self, request: web.Request, behavior: Behavior) -> web.StreamResponse | None:
-        """Answers that do not depend on the endpoint: errors and raw replays."""
-        if behavior.kind is BehaviorKind.ERROR:
-            body = behavior.body if behavior.body is not None else _error_body(behavior.status)
-            text = body if isinstance(body, str) else json.dumps(body)
-            return web.Response(
-                status=behavior.status,
-                text=text,
-                content_type="application/json",
-                headers=behavior.headers,
-            )
-        if behavior.kind is BehaviorKind.RAW:
-            response = web.StreamResponse(status=behavior.status, headers=behavior.headers)
-            response.content_type = behavior.content_type
-            await response.prepare(request)
-            for chunk in behavior.raw_chunks:
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-        return None
-
-
-# The answer composition lives in a sibling module to keep this one small.
-from llmbackend.testing._fake_openai_answers import (  # noqa: E402
-    _Answer,
-    _base64_vector,
-    _vector,
-    _write_stream,
-    _write_whole,
-)
-
-__all__ += []
-_ = hashlib  # hashing lives with the vectors
+        return await write_whole(request, {"status": "ok"}, behavior)
