@@ -1,0 +1,165 @@
+"""The ``llmbackend`` command line: ask, demo, plugins, config validate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from llmbackend._registry import default_registry
+from llmbackend.config import load_settings
+from llmbackend.container import open_service
+from llmbackend.errors import ConfigurationError, LlmBackendError
+from llmbackend.models import ChatMessage, ChatRequest, FinishEvent, TextDelta
+
+__all__ = ["main"]
+
+MINIMAL_CONFIG = """\
+# llmbackend.toml
+[[backends]]
+name = "openai"
+type = "openai"
+model_name = "gpt-4o-mini"
+api_key = "${OPENAI_API_KEY}"
+"""
+
+
+def config_search_path() -> list[Path]:
+    """Where the CLI looks for a config file, in order."""
+    paths = []
+    if env := os.environ.get("LLMBACKEND_CONFIG"):
+        paths.append(Path(env))
+    paths += [Path("llmbackend.toml"), Path.home() / ".config" / "llmbackend" / "config.toml"]
+    return paths
+
+
+def find_config(explicit: str | None) -> Path:
+    """The config file to use, or a ConfigurationError that says where we looked."""
+    if explicit:
+        return Path(explicit)
+    searched = config_search_path()
+    for path in searched:
+        if path.is_file():
+            return path
+    places = "\n".join(f"    {path}" for path in searched)
+    raise ConfigurationError(
+        f"no configuration file found; looked in:\n{places}\n"
+        f"  create one (or pass --config PATH), for example:\n{MINIMAL_CONFIG}"
+    )
+
+
+async def _ask(args: argparse.Namespace, console: Console) -> int:
+    messages = []
+    if args.system:
+        messages.append(ChatMessage.system(args.system))
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    messages.append(ChatMessage.user(prompt))
+    request = ChatRequest(messages=messages, model=args.model, preferred_backend=args.backend)
+    async with open_service(find_config(args.config)) as service:
+        if args.json:
+            response = await service.chat(request)
+            payload = {
+                "content": response.content,
+                "backend": response.backend,
+                "model": response.model,
+                "prompt_tokens": response.prompt_tokens,
+                "completion_tokens": response.completion_tokens,
+                "finish_reason": response.finish_reason,
+                "cost_usd": response.cost_usd,
+                "duration_ms": round(response.duration_ms, 2),
+            }
+            console.print_json(json.dumps(payload))
+            return 0
+        async for event in service.stream(request):
+            if isinstance(event, TextDelta):
+                console.print(event.text, end="", soft_wrap=True, highlight=False, markup=False)
+            elif isinstance(event, FinishEvent):
+                console.print()
+                console.print(f"[dim]{event.backend} · {event.model}[/dim]", highlight=False)
+    return 0
+
+
+def _plugins(console: Console) -> int:
+    registry = default_registry().copy()
+    registry.load_entry_points()
+    table = Table("id", "name", "version", "author", "backend types", "source")
+    for info in registry.get_plugin_info():
+        table.add_row(
+            info.plugin_id,
+            info.name,
+            info.version,
+            info.author,
+            ", ".join(info.backend_types),
+            info.source,
+        )
+    console.print(table)
+    return 0
+
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    path = find_config(args.path)
+    load_settings(path)
+    console.print(f"[green]{path}: valid[/green]")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmbackend", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="ask one question (streams the answer)")
+    ask.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
+    ask.add_argument("--config", help="config file (default: discovered)")
+    ask.add_argument("--backend", help="try this backend first")
+    ask.add_argument("--model", help="override the model")
+    ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+
+    commands.add_parser("demo", help="an end-to-end run against local fake providers")
+    commands.add_parser("plugins", help="list the available plugins")
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    validate = config_commands.add_parser("validate", help="check a config file")
+    validate.add_argument("path", nargs="?", help="config file (default: discovered)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    console = Console()
+    errors = Console(stderr=True)
+    try:
+        result: Any
+        if args.command == "ask":
+            result = asyncio.run(_ask(args, console))
+        elif args.command == "demo":
+            from llmbackend._demo import run_demo
+
+            result = asyncio.run(run_demo(console))
+        elif args.command == "plugins":
+            result = _plugins(console)
+        else:
+            result = _validate(args, console)
+    except ConfigurationError as exc:
+        errors.print(str(exc), markup=False, highlight=False)
+        return 1
+    except LlmBackendError as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The composition root: the only place that knows how the SDK's parts are wired together.
+
+Library classes take their collaborators through ``__init__`` and never import this module.
+:func:`open_service` is the one entry point that validates, initialises and shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import aiohttp
+import attrs
+from dependency_injector import containers, providers
+
+from llmbackend._logging import LoggerFactory
+from llmbackend._registry import PluginRegistry, default_registry
+from llmbackend.backends.base import BaseLlmBackend
+from llmbackend.config import load_settings
+from llmbackend.errors import ConfigProblem, ConfigurationError, LlmBackendError
+from llmbackend.plugins import ILlmBackendPlugin
+from llmbackend.service import LlmService
+from llmbackend.settings import LlmBackendConfig, LlmSettings, SelectionStrategy
+
+__all__ = ["Container", "SessionHolder", "open_service"]
+
+
+@attrs.define
+class SessionHolder:
+    """Hands the shared aiohttp session to backends, which borrow it per call."""
+
+    session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self.session is None or self.session.closed:
+            raise LlmBackendError("the service is not open: use `async with open_service(...)`")
+        return self.session
+
+
+async def _http_session(
+    settings: LlmSettings, holder: SessionHolder
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """One connection pool for every backend; attempt deadlines are applied per call."""
+    connector = aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_seconds)
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout, raise_for_status=False)
+    holder.session = session
+    try:
+        yield session
+    finally:
+        holder.session = None
+        await session.close()
+
+
+def effective_backend_config(settings: LlmSettings, config: LlmBackendConfig) -> LlmBackendConfig:
+    """The backend config with global defaults filled in where the backend sets none."""
+    return attrs.evolve(
+        config,
+        temperature=settings.default_temperature
+        if config.temperature is None
+        else config.temperature,
+        max_output_tokens=config.max_output_tokens or settings.default_max_tokens,
+        timeout_seconds=config.timeout_seconds or settings.timeout_seconds,
+        max_retries=settings.max_retries if config.max_retries is None else config.max_retries,
+    )
+
+
+def _build_backends(
+    settings: LlmSettings,
+    registry: PluginRegistry,
+    logger_factory: LoggerFactory,
+    session_factory: SessionHolder,
+) -> list[BaseLlmBackend]:
+    return [
+        registry.create_backend(
+            effective_backend_config(settings, config), logger_factory, session_factory
+        )
+        for config in settings.backends
+    ]
+
+
+class Container(containers.DeclarativeContainer):
+    """Wires settings → logger factory → session → plugin registry → backends → service."""
+
+    settings = providers.Dependency(instance_of=LlmSettings)
+    registry = providers.Dependency(instance_of=PluginRegistry)
+    logger_factory = providers.Singleton(
+        LoggerFactory,
+        log_prompts=settings.provided.telemetry.log_prompts,
+        log_responses=settings.provided.telemetry.log_responses,
+    )
+    session_holder = providers.Singleton(SessionHolder)
+    http_session = providers.Resource(_http_session, settings=settings, holder=session_holder)
+    backends = providers.Singleton(
+        _build_backends,
+        settings=settings,
+        registry=registry,
+        logger_factory=logger_factory,
+        session_factory=session_holder,
+    )
+    service = providers.Singleton(
+        LlmService, settings=settings, backends=backends, logger_factory=logger_factory
+    )
+
+
+def unavailable_features(settings: LlmSettings) -> list[ConfigProblem]:
+    """Settings that ask for behaviour this version does not implement yet.
+
+    They are refused rather than silently ignored: a user who sets a budget must never
+    believe it is enforced when it is not.
+    """
+    problems = []
+    if settings.selection_strategy is not SelectionStrategy.FAILOVER:
+        problems.append(
+            ConfigProblem(
+                "selection_strategy",
+                f"strategy {settings.selection_strategy.value!r} is not available in this "
+                "version; use 'failover'",
+            )
+        )
+    toggles = {
+        "circuit_breaker.enabled": settings.circuit_breaker.enabled,
+        "health_check.enabled": settings.health_check.enabled,
+        "rate_limit.enabled": settings.rate_limit.enabled,
+        "caching.enabled": settings.caching.enabled,
+        "telemetry.enable_tracing": settings.telemetry.enable_tracing,
+    }
+    problems += [
+        ConfigProblem(path, "this feature is not available in this version; set it to false")
+        for path, enabled in toggles.items()
+        if enabled
+    ]
+    problems += [
+        ConfigProblem(
+            f"backends[{index}].max_spend_usd",
+            "spend budgets are not enforced in this version; remove the limit",
+        )
+        for index, config in enumerate(settings.backends)
+        if config.max_spend_usd is not None
+    ]
+    return problems
+
+
+@contextlib.asynccontextmanager
+async def open_service(
+    settings: LlmSettings | Mapping[str, object] | str | os.PathLike[str] | None = None,
+    *,
+    plugins: Iterable[ILlmBackendPlugin] = (),
+    registry: PluginRegistry | None = None,
+    environ: Mapping[str, str] | None = None,
+    secret_resolver: Callable[[str], str | None] | None = None,
+    base_dir: Path | None = None,
+) -> AsyncIterator[LlmService]:
+    """Validate the settings, build the service, yield it, and shut everything down.
+
+    Every problem (settings, unknown backend types, plugins named in ``specific_plugins``)
+    is reported before anything starts: a bad config never half-starts the service.
+    ``plugins`` are registered on top of the discovered ones for this service only.
+    """
+    # Reading files and importing plugins is blocking work: keep it off the event loop.
+    resolved, plugin_registry = await asyncio.to_thread(
+        functools.partial(
+            _prepare,
+            settings,
+            plugins=plugins,
+            registry=registry,
+            environ=environ,
+            secret_resolver=secret_resolver,
+            base_dir=base_dir,
+        )
+    )
+    container = Container(settings=resolved, registry=plugin_registry)
+    service: LlmService = container.service()  # builds the backends; no I/O yet
+    try:
+        await _maybe_await(container.init_resources())
+        yield service
+    finally:
+        await service.aclose()
+        await _maybe_await(container.shutdown_resources())
+
+
+async def _maybe_await(result: Awaitable[None] | None) -> None:
+    # dependency-injector returns an awaitable only when some resource is async.
+    if result is not None:
+        await result
+
+
+def _prepare(
+    settings: LlmSettings | Mapping[str, object] | str | os.PathLike[str] | None,
+    *,
+    plugins: Iterable[ILlmBackendPlugin],
+    registry: PluginRegistry | None,
+    environ: Mapping[str, str] | None,
+    secret_resolver: Callable[[str], str | None] | None,
+    base_dir: Path | None,
+) -> tuple[LlmSettings, PluginRegistry]:
+    """Load and check everything a service needs; raise before anything starts."""
+    resolved = load_settings(settings, environ=environ, secret_resolver=secret_resolver)
+    plugin_registry = (registry or default_registry()).copy()
+    for plugin in plugins:
+        plugin_registry.register(plugin, source="runtime")
+    plugin_registry.load_from_settings(resolved.plugins, base_dir=base_dir or Path.cwd())
+    problems: Sequence[ConfigProblem] = [
+        *plugin_registry.check_backends(resolved.backends),
+        *unavailable_features(resolved),
+    ]
+    if problems:
+        raise ConfigurationError(problems)
+    return resolved, plugin_registry
