@@ -72,6 +72,8 @@ RANGES: Final[Mapping[type, Mapping[str, _Range]]] = {
         "default_temperature": _TEMPERATURE,
         "default_max_tokens": _AT_LEAST_ONE,
         "max_connections": _NON_NEGATIVE,  # 0 means an unbounded pool
+        "first_token_timeout_seconds": _POSITIVE,
+        "stream_idle_timeout_seconds": _POSITIVE,
         "connect_timeout_seconds": _POSITIVE,
     },
     LlmBackendConfig: {
@@ -83,6 +85,8 @@ RANGES: Final[Mapping[type, Mapping[str, _Range]]] = {
         "max_output_tokens": _AT_LEAST_ONE,
         "weight": _POSITIVE,
         "timeout_seconds": _POSITIVE,
+        "first_token_timeout_seconds": _POSITIVE,
+        "stream_idle_timeout_seconds": _POSITIVE,
         "max_retries": _NON_NEGATIVE,
         "cost_per_million_input_tokens": _NON_NEGATIVE,
         "cost_per_million_output_tokens": _NON_NEGATIVE,
@@ -94,6 +98,7 @@ RANGES: Final[Mapping[type, Mapping[str, _Range]]] = {
         "duration_of_break_seconds": _POSITIVE,
         "sampling_duration_seconds": _POSITIVE,
         "minimum_throughput": _AT_LEAST_ONE,
+        "half_open_max_probes": _AT_LEAST_ONE,
     },
     RateLimitSettings: {
         "max_requests": _AT_LEAST_ONE,

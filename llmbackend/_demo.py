@@ -101,7 +101,16 @@ async def run_demo(console: Console) -> int:
 
             stats = service.get_statistics()
             table = Table(title="what each backend did")
-            for column in ("backend", "served", "calls ok", "calls failed", "p50 ms", "cost USD"):
+            columns = (
+                "backend",
+                "served",
+                "calls ok",
+                "calls failed",
+                "breaker",
+                "p50 ms",
+                "cost USD",
+            )
+            for column in columns:
                 table.add_column(column, justify="left" if column == "backend" else "right")
             for name, backend_stats in stats.backends.items():
                 table.add_row(
@@ -109,6 +118,7 @@ async def run_demo(console: Console) -> int:
                     str(served[name]),
                     str(backend_stats.successful_requests),
                     str(backend_stats.failed_requests),
+                    backend_stats.circuit_state,
                     f"{backend_stats.p50_latency_ms:.1f}",
                     f"{backend_stats.total_cost_usd:.6f}",
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -113,6 +114,9 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmbackend", description=__doc__)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show the SDK's log events on stderr"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     ask = commands.add_parser("ask", help="ask one question (streams the answer)")
@@ -136,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
+    # The terminal is for answers; breaker and retry events only when asked for.
+    logging.getLogger("llmbackend").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     console = Console()
     errors = Console(stderr=True)
     try:

@@ -24,7 +24,7 @@ from llmbackend.config import load_settings
 from llmbackend.errors import ConfigProblem, ConfigurationError, LlmBackendError
 from llmbackend.plugins import ILlmBackendPlugin
 from llmbackend.service import LlmService
-from llmbackend.settings import LlmBackendConfig, LlmSettings, SelectionStrategy
+from llmbackend.settings import LlmBackendConfig, LlmSettings
 
 __all__ = ["Container", "SessionHolder", "open_service"]
 
@@ -66,6 +66,10 @@ def effective_backend_config(settings: LlmSettings, config: LlmBackendConfig) ->
         max_output_tokens=config.max_output_tokens or settings.default_max_tokens,
         timeout_seconds=config.timeout_seconds or settings.timeout_seconds,
         max_retries=settings.max_retries if config.max_retries is None else config.max_retries,
+        first_token_timeout_seconds=config.first_token_timeout_seconds
+        or settings.first_token_timeout_seconds,
+        stream_idle_timeout_seconds=config.stream_idle_timeout_seconds
+        or settings.stream_idle_timeout_seconds,
     )
 
 
@@ -114,17 +118,7 @@ def unavailable_features(settings: LlmSettings) -> list[ConfigProblem]:
     believe it is enforced when it is not.
     """
     problems = []
-    if settings.selection_strategy is not SelectionStrategy.FAILOVER:
-        problems.append(
-            ConfigProblem(
-                "selection_strategy",
-                f"strategy {settings.selection_strategy.value!r} is not available in this "
-                "version; use 'failover'",
-            )
-        )
     toggles = {
-        "circuit_breaker.enabled": settings.circuit_breaker.enabled,
-        "health_check.enabled": settings.health_check.enabled,
         "rate_limit.enabled": settings.rate_limit.enabled,
         "caching.enabled": settings.caching.enabled,
         "telemetry.enable_tracing": settings.telemetry.enable_tracing,
@@ -177,6 +171,7 @@ async def open_service(
     service: LlmService = container.service()  # builds the backends; no I/O yet
     try:
         await _maybe_await(container.init_resources())
+        service.start()
         yield service
     finally:
         await service.aclose()

@@ -11,6 +11,8 @@ from typing import Any, Literal, TypeAlias
 import attrs
 from attrs import field, frozen
 
+from llmbackend.settings import SelectionStrategy, StreamRecovery
+
 __all__ = [
     "BackendHealth",
     "BackendStatistics",
@@ -25,6 +27,7 @@ __all__ = [
     "PluginInfo",
     "ServiceStatistics",
     "StreamEvent",
+    "StreamRestarted",
     "TextDelta",
     "ToolCall",
     "ToolCallDelta",
@@ -124,6 +127,12 @@ class ChatRequest:
     response_format: Mapping[str, Any] | None = None
     preferred_backend: str | None = None
     metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
+    #: Per-request overrides of the service settings (``None``: use the settings).
+    selection_strategy: SelectionStrategy | None = None
+    timeout_seconds: float | None = None
+    first_token_timeout_seconds: float | None = None
+    stream_idle_timeout_seconds: float | None = None
+    stream_recovery: StreamRecovery | None = None
 
     @messages.validator
     def _check_messages(self, _attr: attrs.Attribute[Any], value: tuple[ChatMessage, ...]) -> None:
@@ -144,6 +153,8 @@ class LlmRequest:
     stop_sequences: tuple[str, ...] = field(default=(), converter=_tuple)
     preferred_backend: str | None = None
     metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
+    selection_strategy: SelectionStrategy | None = None
+    timeout_seconds: float | None = None
 
     def to_chat(self) -> ChatRequest:
         """The equivalent chat request: an optional system message, then the prompt."""
@@ -159,6 +170,8 @@ class LlmRequest:
             stop_sequences=self.stop_sequences,
             preferred_backend=self.preferred_backend,
             metadata=self.metadata,
+            selection_strategy=self.selection_strategy,
+            timeout_seconds=self.timeout_seconds,
         )
 
 
@@ -203,6 +216,8 @@ class LlmResponse:
     tool_calls: tuple[ToolCall, ...] = field(default=(), converter=_tuple)
     #: Other answers gathered by the simultaneous strategy.
     alternative_responses: tuple[LlmResponse, ...] = field(default=(), converter=_tuple)
+    #: Errors of the backends that failed during a simultaneous fan-out.
+    failed_alternatives: tuple[Exception, ...] = field(default=(), converter=_tuple, eq=False)
     cached: bool = False
 
     @property
@@ -250,9 +265,25 @@ class FinishEvent:
     raw_reason: str | None
     backend: str
     model: str
+    #: Malformed frames skipped in an otherwise healthy stream.
+    malformed_events: int = 0
 
 
-StreamEvent: TypeAlias = TextDelta | ToolCallDelta | UsageEvent | FinishEvent
+@frozen(kw_only=True)
+class StreamRestarted:
+    """The stream broke and starts again from another backend (``stream_recovery``).
+
+    Discard the last ``discard_chars`` characters already shown (all of the interrupted
+    answer for ``restart``; nothing for ``continue``, whose next text follows on).
+    """
+
+    failed_backend: str
+    next_backend: str
+    discard_chars: int
+    error: str
+
+
+StreamEvent: TypeAlias = TextDelta | ToolCallDelta | UsageEvent | FinishEvent | StreamRestarted
 
 
 # --- embeddings ---------------------------------------------------------------------------
@@ -267,6 +298,8 @@ class EmbeddingRequest:
     dimensions: int | None = None
     preferred_backend: str | None = None
     metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
+    selection_strategy: SelectionStrategy | None = None
+    timeout_seconds: float | None = None
 
     @inputs.validator
     def _check_inputs(self, _attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -322,6 +355,10 @@ class BackendStatistics:
     last_error_at: datetime | None
     last_success_at: datetime | None
     last_used_at: datetime | None
+    #: Filled by the service: breaker state, health and the latency estimate (EWMA).
+    circuit_state: str = "closed"
+    healthy: bool = True
+    latency_estimate_ms: float | None = None
 
     @property
     def success_rate(self) -> float:

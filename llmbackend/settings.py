@@ -27,7 +27,9 @@ __all__ = [
     "SecretsProvider",
     "SecretsSettings",
     "SelectionStrategy",
+    "SimultaneousPrimary",
     "SpendResetPeriod",
+    "StreamRecovery",
     "TelemetrySettings",
     "Weekday",
 ]
@@ -62,6 +64,24 @@ class SpendResetPeriod(enum.StrEnum):
     DAILY = "daily"
     WEEKLY = "weekly"
     MONTHLY = "monthly"
+
+
+class StreamRecovery(enum.StrEnum):
+    """What a stream does when it breaks after content reached the caller."""
+
+    #: Raise ``StreamInterruptedError`` with the partial text and usage.
+    RAISE = "raise"
+    #: Emit ``StreamRestarted`` and stream the whole answer again from the next backend.
+    RESTART = "restart"
+    #: Ask the next backend to continue the partial text (assistant prefill); restart if refused.
+    CONTINUE = "continue"
+
+
+class SimultaneousPrimary(enum.StrEnum):
+    """Which answer the simultaneous strategy returns as the primary one."""
+
+    FASTEST = "fastest"
+    PRIORITY = "priority"
 
 
 class Weekday(enum.StrEnum):
@@ -135,6 +155,10 @@ class LlmBackendConfig:
     enabled: bool = True
     #: Bounds one attempt; the request's total deadline is ``LlmSettings.timeout_seconds``.
     timeout_seconds: float | None = None
+    #: Streams: longest wait for the first event (default: the global setting).
+    first_token_timeout_seconds: float | None = None
+    #: Streams: longest silence between two events (default: the global setting).
+    stream_idle_timeout_seconds: float | None = None
     max_retries: int | None = None
     additional_headers: Mapping[str, str] = field(factory=dict, converter=_headers)
     deployment_name: str | None = None
@@ -167,12 +191,13 @@ class LlmBackendConfig:
 
 @frozen(kw_only=True)
 class CircuitBreakerSettings:
-    #: Off until the breaker ships; the service refuses ``true`` rather than ignore it.
-    enabled: bool = False
+    enabled: bool = True
     failure_threshold: int = 5
     duration_of_break_seconds: float = 30.0
     sampling_duration_seconds: float = 60.0
     minimum_throughput: int = 10
+    #: Calls let through at once while half-open; the first outcome decides.
+    half_open_max_probes: int = 1
 
 
 @frozen(kw_only=True)
@@ -196,9 +221,8 @@ class CachingSettings:
 
 @frozen(kw_only=True)
 class HealthCheckSettings:
-    #: Off until background checks ship; the service refuses ``true`` rather than ignore it.
-    #: ``timeout_seconds`` already bounds ``LlmService.test_backends()``.
-    enabled: bool = False
+    #: Periodic checks (the first after one interval) and passive signals from real calls.
+    enabled: bool = True
     interval_seconds: float = 60.0
     timeout_seconds: float = 10.0
     unhealthy_threshold: int = 3
@@ -257,6 +281,16 @@ class LlmSettings:
     retry_delay_ms: float = 1000.0
     default_temperature: float = 0.7
     default_max_tokens: int = 2000
+    #: Streams: longest wait for the first event of an attempt.
+    first_token_timeout_seconds: float = 30.0
+    #: Streams: longest silence between two events before the stream counts as stalled.
+    stream_idle_timeout_seconds: float = 30.0
+    #: What a stream does when it breaks after content reached the caller.
+    stream_recovery: StreamRecovery = StreamRecovery.RAISE
+    #: Simultaneous strategy: the primary answer is the fastest success or the best priority.
+    simultaneous_primary: SimultaneousPrimary = SimultaneousPrimary.FASTEST
+    #: Whether a content-filter refusal may be retried on another backend (default: final).
+    failover_on_content_filter: bool = False
     #: Size of the shared aiohttp connection pool (0 = unbounded).
     max_connections: int = 100
     #: Bounds establishing a connection, separately from the request deadline.

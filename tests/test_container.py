@@ -103,10 +103,7 @@ async def test_unknown_plugin_type_names_the_loaded_plugins(tmp_path: Path) -> N
     [
         ({"caching": {"enabled": True}}, "caching.enabled"),
         ({"rate_limit": {"enabled": True}}, "rate_limit.enabled"),
-        ({"circuit_breaker": {"enabled": True}}, "circuit_breaker.enabled"),
-        ({"health_check": {"enabled": True}}, "health_check.enabled"),
         ({"telemetry": {"enable_tracing": True}}, "telemetry.enable_tracing"),
-        ({"selection_strategy": "round_robin"}, "selection_strategy"),
         ({"backends": [fake_backend("a", max_spend_usd=5)]}, "backends[0].max_spend_usd"),
     ],
 )

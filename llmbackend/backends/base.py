@@ -23,6 +23,7 @@ from llmbackend._logging import LoggerFactory
 from llmbackend._metrics import BackendMetrics
 from llmbackend.errors import (
     BackendError,
+    BackendTimeoutError,
     BackendUnavailableError,
     LlmBackendError,
     NotSupportedError,
@@ -115,6 +116,22 @@ class BaseLlmBackend(abc.ABC):
             raise LlmBackendError(f"backend {self.name!r} was built without an HTTP session")
         return self._session_factory()
 
+    def stream_timeouts(self, request: ChatRequest) -> tuple[float | None, float | None]:
+        """(first-event, between-events) limits for a stream: request, then config, then
+        the attempt timeout."""
+        config = self.config
+        first = _first(
+            request.first_token_timeout_seconds,
+            config.first_token_timeout_seconds,
+            self.attempt_timeout,
+        )
+        idle = _first(
+            request.stream_idle_timeout_seconds,
+            config.stream_idle_timeout_seconds,
+            self.attempt_timeout,
+        )
+        return first, idle
+
     @property
     def attempt_timeout(self) -> float | None:
         """Seconds one attempt may take (``timeout_seconds`` of the backend config)."""
@@ -170,17 +187,24 @@ class BaseLlmBackend(abc.ABC):
         parts: list[str] = []
         usage: Usage | None = None
         finished: FinishEvent | None = None
-        idle = self.attempt_timeout
+        first_wait, idle_wait = self.stream_timeouts(request)
+        wait, waiting_for = first_wait, "the first event"
         try:
             with map_transport_errors(self.name, phase="stream"):
                 async with contextlib.aclosing(self._stream(request)) as events:
                     iterator = aiter(events)
                     while True:
-                        async with asyncio.timeout(idle):
-                            try:
+                        try:
+                            async with asyncio.timeout(wait):
                                 event = await anext(iterator)
-                            except StopAsyncIteration:
-                                break
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            raise BackendTimeoutError(
+                                f"no event within {wait:g} s while waiting for {waiting_for}",
+                                backend=self.name,
+                            ) from None
+                        wait, waiting_for = idle_wait, "the next event (stalled stream)"
                         if isinstance(event, TextDelta):
                             parts.append(event.text)
                         elif isinstance(event, UsageEvent):
