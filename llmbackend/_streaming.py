@@ -113,16 +113,19 @@ async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read bes
                         yield event
             except (BackendError, NotSupportedError) as exc:
                 if delivered:
+                    # The backend already reports a cut as StreamInterruptedError; keep its
+                    # message and root cause, but with all the text the caller has seen.
+                    root = exc.__cause__ if isinstance(exc, StreamInterruptedError) else exc
                     cut = StreamInterruptedError(
-                        f"stream from {backend.name!r} broke after content: {exc}",
+                        str(exc.message if isinstance(exc, BackendError) else exc),
                         backend=backend.name,
                         partial_text=shown,
                         usage=getattr(exc, "usage", None) or usage,
                     )
-                    cut.__cause__ = exc
+                    cut.__cause__ = root or exc
                     cut_backend = backend.name
                     if mode is StreamRecovery.RAISE:
-                        raise cut from exc
+                        raise cut from root or exc
                     plan.failed(backend, cut)  # no retry on a backend that just cut
                     continue
                 if prefill and isinstance(exc, InvalidRequestError):

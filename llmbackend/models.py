@@ -128,11 +128,15 @@ class ChatRequest:
     preferred_backend: str | None = None
     metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
     #: Per-request overrides of the service settings (``None``: use the settings).
-    selection_strategy: SelectionStrategy | None = None
+    selection_strategy: SelectionStrategy | None = field(
+        default=None, converter=attrs.converters.optional(SelectionStrategy)
+    )
     timeout_seconds: float | None = None
     first_token_timeout_seconds: float | None = None
     stream_idle_timeout_seconds: float | None = None
-    stream_recovery: StreamRecovery | None = None
+    stream_recovery: StreamRecovery | None = field(
+        default=None, converter=attrs.converters.optional(StreamRecovery)
+    )
 
     @messages.validator
     def _check_messages(self, _attr: attrs.Attribute[Any], value: tuple[ChatMessage, ...]) -> None:
@@ -153,7 +157,9 @@ class LlmRequest:
     stop_sequences: tuple[str, ...] = field(default=(), converter=_tuple)
     preferred_backend: str | None = None
     metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
-    selection_strategy: SelectionStrategy | None = None
+    selection_strategy: SelectionStrategy | None = field(
+        default=None, converter=attrs.converters.optional(SelectionStrategy)
+    )
     timeout_seconds: float | None = None
 
     def to_chat(self) -> ChatRequest:
@@ -298,7 +304,9 @@ class EmbeddingRequest:
     dimensions: int | None = None
     preferred_backend: str | None = None
     metadata: Mapping[str, Any] = field(factory=dict, converter=_mapping)
-    selection_strategy: SelectionStrategy | None = None
+    selection_strategy: SelectionStrategy | None = field(
+        default=None, converter=attrs.converters.optional(SelectionStrategy)
+    )
     timeout_seconds: float | None = None
 
     @inputs.validator

@@ -172,8 +172,10 @@ class LlmBackendConfig:
     cost_per_million_input_tokens: float | None = None
     cost_per_million_output_tokens: float | None = None
     max_spend_usd: float | None = None
-    spend_reset_period: SpendResetPeriod = SpendResetPeriod.NEVER
-    spend_reset_day_of_week: Weekday = Weekday.MONDAY
+    spend_reset_period: SpendResetPeriod = field(
+        default=SpendResetPeriod.NEVER, converter=SpendResetPeriod
+    )
+    spend_reset_day_of_week: Weekday = field(default=Weekday.MONDAY, converter=Weekday)
     spend_reset_day_of_month: int = 1
     log_budget_exceeded: bool = True
 
@@ -212,7 +214,7 @@ class RateLimitSettings:
 @frozen(kw_only=True)
 class CachingSettings:
     enabled: bool = False
-    provider: CacheProvider = CacheProvider.MEMORY
+    provider: CacheProvider = field(default=CacheProvider.MEMORY, converter=CacheProvider)
     expiration_minutes: float = 60.0
     max_cache_size_mb: float = 100.0
     connection_string: str | None = field(default=None, repr=False)
@@ -231,7 +233,9 @@ class HealthCheckSettings:
 
 @frozen(kw_only=True)
 class SecretsSettings:
-    provider: SecretsProvider = SecretsProvider.CONFIGURATION
+    provider: SecretsProvider = field(
+        default=SecretsProvider.CONFIGURATION, converter=SecretsProvider
+    )
     environment_variable_prefix: str = "LLM_"
     #: For ``provider = "file"``: a JSON or TOML file mapping backend names to API keys.
     file_path: str | None = None
@@ -249,7 +253,7 @@ class TelemetrySettings:
 
 @frozen(kw_only=True)
 class MemorySettings:
-    provider: CacheProvider = CacheProvider.MEMORY
+    provider: CacheProvider = field(default=CacheProvider.MEMORY, converter=CacheProvider)
     default_token_limit: int = 4096
     ttl_minutes: float = 60.0
 
@@ -273,7 +277,9 @@ class LlmSettings:
     """The whole configuration of a service."""
 
     backends: tuple[LlmBackendConfig, ...] = field(default=(), converter=_backends)
-    selection_strategy: SelectionStrategy = SelectionStrategy.FAILOVER
+    selection_strategy: SelectionStrategy = field(
+        default=SelectionStrategy.FAILOVER, converter=SelectionStrategy
+    )
     #: Total deadline of one request across all retries and failovers.
     timeout_seconds: float = 120.0
     max_retries: int = 3
@@ -286,9 +292,11 @@ class LlmSettings:
     #: Streams: longest silence between two events before the stream counts as stalled.
     stream_idle_timeout_seconds: float = 30.0
     #: What a stream does when it breaks after content reached the caller.
-    stream_recovery: StreamRecovery = StreamRecovery.RAISE
+    stream_recovery: StreamRecovery = field(default=StreamRecovery.RAISE, converter=StreamRecovery)
     #: Simultaneous strategy: the primary answer is the fastest success or the best priority.
-    simultaneous_primary: SimultaneousPrimary = SimultaneousPrimary.FASTEST
+    simultaneous_primary: SimultaneousPrimary = field(
+        default=SimultaneousPrimary.FASTEST, converter=SimultaneousPrimary
+    )
     #: Whether a content-filter refusal may be retried on another backend (default: final).
     failover_on_content_filter: bool = False
     #: Size of the shared aiohttp connection pool (0 = unbounded).

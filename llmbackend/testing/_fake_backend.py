@@ -87,12 +87,21 @@ class FakeBackend(BaseLlmBackend):
             session_factory=session_factory,
         )
         self._queue: collections.deque[FakeReply] = collections.deque()
-        self.default_reply = _as_reply(default_reply)
+        self._default_reply = _as_reply(default_reply)
         self.history: list[ChatRequest | EmbeddingRequest] = []
         #: Set whenever a request arrives (await it instead of polling in tests).
         self.request_received = asyncio.Event()
         self.available = True
         self.push(*replies)
+
+    @property
+    def default_reply(self) -> FakeReply:
+        """The answer given when the queue is empty (assign a string, reply or exception)."""
+        return self._default_reply
+
+    @default_reply.setter
+    def default_reply(self, reply: FakeReply | str | BaseException) -> None:
+        self._default_reply = _as_reply(reply)
 
     @property
     def calls(self) -> int:
@@ -105,7 +114,7 @@ class FakeBackend(BaseLlmBackend):
     def _next(self, request: ChatRequest | EmbeddingRequest) -> FakeReply:
         self.history.append(request)
         self.request_received.set()
-        return self._queue.popleft() if self._queue else self.default_reply
+        return self._queue.popleft() if self._queue else self._default_reply
 
     def _usage(self, request: ChatRequest, reply: FakeReply) -> Usage:
         prompt = reply.prompt_tokens
