@@ -8,18 +8,27 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from llmbackend._registry import default_registry
 from llmbackend.config import load_settings
 from llmbackend.container import open_service
 from llmbackend.errors import ConfigurationError, LlmBackendError
-from llmbackend.models import ChatMessage, ChatRequest, FinishEvent, TextDelta
+from llmbackend.models import (
+    ChatMessage,
+    ChatRequest,
+    FinishEvent,
+    StreamEvent,
+    StreamRestarted,
+    TextDelta,
+)
 
 __all__ = ["main"]
 
@@ -79,13 +88,24 @@ async def _ask(args: argparse.Namespace, console: Console) -> int:
             }
             console.print_json(json.dumps(payload))
             return 0
-        async for event in service.stream(request):
-            if isinstance(event, TextDelta):
-                console.print(event.text, end="", soft_wrap=True, highlight=False, markup=False)
-            elif isinstance(event, FinishEvent):
-                console.print()
-                console.print(f"[dim]{event.backend} · {event.model}[/dim]", highlight=False)
+        await stream_to_console(service.stream(request), console)
     return 0
+
+
+async def stream_to_console(events: AsyncIterator[StreamEvent], console: Console) -> None:
+    """Show a streamed answer live. On ``StreamRestarted`` the discarded text disappears
+    from the screen, so a recovered stream never shows duplicated or stitched text."""
+    answer = Text()
+    footer = Text(style="dim")
+    with Live(Group(answer, footer), console=console, auto_refresh=False) as live:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                answer.append(event.text)
+            elif isinstance(event, StreamRestarted) and event.discard_chars:
+                answer.right_crop(event.discard_chars)
+            elif isinstance(event, FinishEvent):
+                footer.append(f"{event.backend} · {event.model}")
+            live.refresh()
 
 
 def _plugins(console: Console) -> int:

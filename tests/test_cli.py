@@ -119,3 +119,24 @@ async def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "answered by fallback (fake-model)" in out
     assert "50 answered" in out
     assert "failed 0" in out
+
+
+async def test_restarted_stream_shows_no_duplicated_text() -> None:
+    """After StreamRestarted the discarded text is gone from what the user sees."""
+    import io
+
+    from rich.console import Console
+
+    from llmbackend.cli import stream_to_console
+    from llmbackend.models import FinishEvent, StreamEvent, StreamRestarted, TextDelta
+
+    async def events() -> AsyncIterator[StreamEvent]:
+        yield TextDelta(text="one ")
+        yield TextDelta(text="two")
+        yield StreamRestarted(failed_backend="a", next_backend="b", discard_chars=7, error="cut")
+        yield TextDelta(text="fresh answer")
+        yield FinishEvent(reason=None, raw_reason=None, backend="b", model="m")
+
+    screen = io.StringIO()
+    await stream_to_console(events(), Console(file=screen, width=80))
+    assert screen.getvalue().rstrip("\n") == "fresh answer\nb · m"

@@ -495,15 +495,25 @@ async def test_malformed_chunk_before_content_raises_malformed_response(
     assert "KeyError" not in str(caught.value)
 
 
-async def test_malformed_chunk_after_content_is_an_interruption(
+async def test_malformed_frame_amid_a_healthy_stream_is_skipped_and_counted(
     server: FakeOpenAIServer, make_backend: BackendFactory
 ) -> None:
-    """After text reached the caller, a malformed frame is a cut stream caused by it."""
-    server.enqueue(Behavior.malformed_chunk(after_chunks=2))
-    with pytest.raises(StreamInterruptedError) as caught:
-        await collect(make_backend(base_url=server.base_url))
-    assert isinstance(caught.value.__cause__, MalformedResponseError)
-    assert caught.value.partial_text == server.reply[: 2 * server.chunk_size]
+    """After content, one undecodable frame is skipped; the count comes with the finish."""
+
+    def delta(text: str, reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": {"content": text}, "finish_reason": reason}
+        return sse(json.dumps({"model": "m", "choices": [choice]}))
+
+    server.enqueue(
+        Behavior.raw(
+            [delta("Hel"), b'data: {"choices": [{"delta": \n\n', delta("lo", "stop"), sse("[DONE]")]
+        )
+    )
+    events = await collect(make_backend(base_url=server.base_url))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello"
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent)
+    assert finish.malformed_events == 1
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,15 @@ class OpenAIBackend(HttpBackend):
                 if event.data.strip() == _DONE:
                     done = True
                     break
-                chunk = wire.decode_chunk(event.data, self.name)
+                try:
+                    chunk = wire.decode_chunk(event.data, self.name)
+                except MalformedResponseError:
+                    if not state.answered:
+                        raise  # a bad first frame: this attempt fails (and may fail over)
+                    # One bad frame in an otherwise healthy stream is skipped and counted.
+                    state.malformed += 1
+                    self._log.warning("stream_frame_skipped", model=state.model)
+                    continue
                 if event.event == "error" or chunk.get("error") is not None:
                     raise self._stream_error(chunk.get("error", chunk))
                 for item in state.feed(chunk):
