@@ -50,7 +50,9 @@ GuardedStream = Callable[[BaseLlmBackend, ChatRequest], AsyncGenerator[StreamEve
 
 
 def _with_prefill(request: ChatRequest, partial: str) -> ChatRequest:
-    return attrs.evolve(request, messages=(*request.messages, ChatMessage.assistant(partial)))
+    # Providers reject a prefill ending in whitespace (Anthropic does); the model restores it.
+    prefix = ChatMessage.assistant(partial.rstrip())
+    return attrs.evolve(request, messages=(*request.messages, prefix))
 
 
 async def _first_then_rest(

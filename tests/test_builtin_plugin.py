@@ -12,7 +12,7 @@ from llmbackend._logging import LoggerFactory
 from llmbackend.backends._builtin import IMPLEMENTED_BACKENDS, BuiltinPlugin
 from llmbackend.backends.openai import OpenAIBackend
 from llmbackend.errors import PluginError
-from llmbackend.settings import LlmBackendConfig
+from llmbackend.settings import BUILTIN_BACKEND_TYPES, LlmBackendConfig
 from llmbackend.testing._fake_backend import FakeBackend
 from llmbackend.testing._plugins import assert_valid_plugin
 
@@ -24,12 +24,8 @@ def _no_session() -> Any:
 def test_supported_types_are_the_implemented_ones() -> None:
     """The plugin offers exactly the implemented built-in types, lower-cased, in table order."""
     plugin = BuiltinPlugin()
-    assert tuple(plugin.supported_backend_types) == (
-        "openai",
-        "openai_compatible",
-        "lmstudio",
-        "llamacpp",
-    )
+    # Every built-in type the settings accept is implemented.
+    assert set(plugin.supported_backend_types) == set(BUILTIN_BACKEND_TYPES)
     assert tuple(plugin.supported_backend_types) == tuple(IMPLEMENTED_BACKENDS)
     assert plugin.plugin_id == "builtin"
     assert plugin.validate() is True
@@ -76,9 +72,9 @@ def test_a_bad_target_is_a_plugin_error(target: str, message: str) -> None:
 
 def test_an_unknown_type_is_a_plugin_error() -> None:
     """Asking the built-in plugin for a type it lacks raises instead of guessing."""
-    config = LlmBackendConfig(name="a", type="anthropic")
-    with pytest.raises(PluginError, match="has no backend type 'anthropic'"):
-        BuiltinPlugin().create_backend("anthropic", config, LoggerFactory(), _no_session)
+    config = LlmBackendConfig(name="a", custom_backend_type="warp_drive")
+    with pytest.raises(PluginError, match="has no backend type 'warp_drive'"):
+        BuiltinPlugin().create_backend("warp_drive", config, LoggerFactory(), _no_session)
 
 
 def test_provider_modules_load_only_when_used() -> None:
@@ -93,3 +89,21 @@ def test_provider_modules_load_only_when_used() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("backend_type", "target"), sorted(IMPLEMENTED_BACKENDS.items()))
+def test_every_implemented_type_builds_its_backend_class(backend_type: str, target: str) -> None:
+    """Each table entry imports lazily and builds an instance of the named class."""
+    config = LlmBackendConfig(
+        name="b",
+        type=backend_type,
+        api_key="sk-test",
+        model_name="m",
+        base_url="http://127.0.0.1:9",
+        deployment_name="d",
+    )
+    backend = BuiltinPlugin().create_backend(backend_type, config, LoggerFactory(), _no_session)
+    module, _, cls = target.partition(":")
+    assert type(backend).__module__ == module
+    assert type(backend).__name__ == cls
+    assert backend.backend_type == backend_type

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -385,7 +386,7 @@ def test_settings_load_all_sources_in_order(
     write_plugin(base / "extra" / "explicit.py", "explicit")
     settings = PluginSettings(plugin_directory="my_plugins", specific_plugins=["extra/explicit.py"])
     loaded = plugin_registry.load_from_settings(settings, base_dir=base)
-    assert [i for i in loaded if i not in ("echo", "mock")] == [
+    assert [i for i in loaded if i not in installed_entry_points()] == [
         "from-dir",
         "from-home",
         "from-cwd",
@@ -400,7 +401,7 @@ def test_settings_missing_directories_are_fine(
 ) -> None:
     """Absent plugin folders are not an error; only entry points load."""
     loaded = plugin_registry.load_from_settings(PluginSettings(), base_dir=tmp_path)
-    assert set(loaded) == {"echo", "mock"}
+    assert set(loaded) == installed_entry_points()
 
 
 def test_settings_search_subdirectories(
@@ -456,3 +457,8 @@ def test_settings_specific_plugin_by_module_name(
         plugin_registry.load_from_settings(
             PluginSettings(specific_plugins=["llmb_not_installed"]), base_dir=tmp_path
         )
+
+
+def installed_entry_points() -> set[str]:
+    """The plugin ids of the contributed plugins installed in this environment."""
+    return {ep.name for ep in importlib.metadata.entry_points(group="llmbackend.plugins")}

@@ -17,7 +17,7 @@ from llmbackend._registry import (
     register_plugin,
     unregister_plugin,
 )
-from llmbackend.backends._builtin import BuiltinPlugin
+from llmbackend.backends._builtin import IMPLEMENTED_BACKENDS, BuiltinPlugin
 from llmbackend.backends.base import BaseLlmBackend
 from llmbackend.errors import ConfigProblem, PluginError
 from llmbackend.models import ChatMessage, ChatRequest, LlmResponse, PluginInfo
@@ -25,7 +25,7 @@ from llmbackend.settings import LlmBackendConfig
 
 pytest_plugins = ["llmbackend.testing.pytest_plugin"]
 
-BUILTIN_TYPES = ("openai", "openai_compatible", "lmstudio", "llamacpp")
+BUILTIN_TYPES = tuple(IMPLEMENTED_BACKENDS)
 
 
 class StubBackend(BaseLlmBackend):
@@ -334,16 +334,17 @@ def test_unknown_types_become_problems_naming_loaded_plugins(
         LlmBackendConfig(name="ok", type="openai"),
         LlmBackendConfig(name="typo", type="custom", custom_backend_type="Ecko"),
         LlmBackendConfig(name="ok2", custom_backend_type="ECHO"),
-        LlmBackendConfig(name="future", type="anthropic"),
+        LlmBackendConfig(name="future", custom_backend_type="warp_drive"),
     ]
-    loaded = "loaded plugins: builtin (openai, openai_compatible, lmstudio, llamacpp), echo (echo)"
+    loaded = f"loaded plugins: builtin ({', '.join(BUILTIN_TYPES)}), echo (echo)"
     assert plugin_registry.check_backends(configs) == [
         ConfigProblem(
             "backends[1].custom_backend_type",
             f"no loaded plugin provides backend type 'ecko'; {loaded}",
         ),
         ConfigProblem(
-            "backends[3].type", f"no loaded plugin provides backend type 'anthropic'; {loaded}"
+            "backends[3].custom_backend_type",
+            f"no loaded plugin provides backend type 'warp_drive'; {loaded}",
         ),
     ]
 

@@ -266,7 +266,7 @@ async def test_continue_mode_prefills_the_partial_text() -> None:
 
     sent = backup.history[0]
     assert isinstance(sent, ChatRequest)
-    assert sent.messages[-1] == ChatMessage.assistant("one two ")
+    assert sent.messages[-1] == ChatMessage.assistant("one two")
     (restart,) = [e for e in events if isinstance(e, StreamRestarted)]
     assert restart.discard_chars == 0
     assert text_of(events) == "one two three four"

@@ -29,6 +29,12 @@ IMPLEMENTED_BACKENDS: Final[Mapping[str, str]] = {
     "openai_compatible": _OPENAI,
     "lmstudio": _OPENAI,
     "llamacpp": _OPENAI,
+    "anthropic": "llmbackend.backends.anthropic:AnthropicBackend",
+    "azure_openai": "llmbackend.backends.azure_openai:AzureOpenAIBackend",
+    "gemini": "llmbackend.backends.gemini:GeminiBackend",
+    "cohere": "llmbackend.backends.cohere:CohereBackend",
+    "ollama": "llmbackend.backends.ollama:OllamaBackend",
+    "easynmt": "llmbackend.backends.easynmt:EasyNmtBackend",
 }
 
 

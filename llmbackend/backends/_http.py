@@ -136,16 +136,17 @@ class HttpBackend(BaseLlmBackend):
             return AuthenticationError(message, **kwargs)
         if status == 429:
             return RateLimitedError(message, retry_after=parse_retry_after(headers), **kwargs)
+        if status in (408, 409) or status >= 500:
+            # A server-side failure stays retryable whatever words its message contains.
+            return BackendUnavailableError(
+                message, retry_after=parse_retry_after(headers), **kwargs
+            )
         if any(marker in lowered for marker in _CONTEXT_LENGTH_MARKERS):
             return ContextLengthExceededError(message, **kwargs)
         if any(marker in lowered for marker in _CONTENT_FILTER_MARKERS):
             return ContentFilteredError(message, **kwargs)
         if status == 404:
             return ModelNotFoundError(message, **kwargs)
-        if status in (400, 422):
+        if status in (400, 413, 422):
             return InvalidRequestError(message, **kwargs)
-        if status in (408, 409) or status >= 500:
-            return BackendUnavailableError(
-                message, retry_after=parse_retry_after(headers), **kwargs
-            )
         return BackendError(message, **kwargs)
