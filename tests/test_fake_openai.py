@@ -172,14 +172,18 @@ async def test_cut_stream_drops_the_connection(
 async def test_malformed_chunk_is_not_json(
     server: FakeOpenAIServer, session: aiohttp.ClientSession
 ) -> None:
-    """The malformed-chunk fault sends K good frames, then one that is not JSON, and ends."""
+    """The malformed-chunk fault sends K good frames, one that is not JSON, then the rest of
+    the answer and [DONE]; a non-streamed answer is cut-off JSON."""
     server.enqueue(Behavior.malformed_chunk(after_chunks=1), Behavior.malformed_chunk())
     url = f"{server.base_url}/chat/completions"
     _, text = await post(session, url, CHAT | {"stream": True})
-    good, bad = frames(text)
-    json.loads(good)
+    good, bad, *rest, done = frames(text)
+    for frame in (good, *rest):
+        json.loads(frame)
     with pytest.raises(ValueError, match="Expecting"):
         json.loads(bad)
+    assert done == "[DONE]"
+    assert json.loads(rest[-1])["choices"][0]["finish_reason"] == "stop"
     _, whole = await post(session, url, CHAT)
     with pytest.raises(ValueError, match=r"Unterminated|Expecting"):
         json.loads(whole)

@@ -38,7 +38,13 @@ _CONTEXT_LENGTH_MARKERS = (
     "too many tokens",
     "input is too long",
 )
-_CONTENT_FILTER_MARKERS = ("content_filter", "content_policy", "safety", "responsibleaipolicy")
+_CONTENT_FILTER_MARKERS = (
+    "content_filter",
+    "content filtering",
+    "content_policy",
+    "safety",
+    "responsibleaipolicy",
+)
 #: How much of an error body is quoted in an exception message.
 _BODY_EXCERPT = 300
 

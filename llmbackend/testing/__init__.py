@@ -8,8 +8,9 @@
 """
 
 from llmbackend.testing._fake_backend import FakeBackend, FakeBackendPlugin, FakeReply
-from llmbackend.testing._fake_behavior import Behavior, BehaviorKind
+from llmbackend.testing._fake_behavior import Behavior, BehaviorKind, Problem
 from llmbackend.testing._fake_openai import BEHAVIOR_HEADER, FakeOpenAIServer, RecordedRequest
+from llmbackend.testing._fake_server import FakeProviderServer
 from llmbackend.testing._plugins import (
     assert_valid_plugin,
     isolated_default_registry,
@@ -23,7 +24,9 @@ __all__ = [
     "FakeBackend",
     "FakeBackendPlugin",
     "FakeOpenAIServer",
+    "FakeProviderServer",
     "FakeReply",
+    "Problem",
     "RecordedRequest",
     "assert_valid_plugin",
     "isolated_default_registry",
