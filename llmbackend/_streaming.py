@@ -89,6 +89,7 @@ async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read bes
                 mode is StreamRecovery.CONTINUE
                 and cut is not None
                 and shown
+                and backend.supports(Capability.PREFILL)
                 and backend.name not in prefill_refused
             )
             attempt = _with_prefill(request, shown) if prefill else request

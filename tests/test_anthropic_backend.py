@@ -1126,6 +1126,12 @@ async def test_base_url_ending_in_v1_is_not_doubled(
 async def test_embeddings_are_not_supported(make_backend: BackendFactory) -> None:
     """Anthropic has no embeddings: the capability is absent and embed() raises."""
     backend = make_backend()
-    assert {c.value for c in backend.capabilities} == {"chat", "streaming", "tools", "models"}
+    assert {c.value for c in backend.capabilities} == {
+        "chat",
+        "streaming",
+        "tools",
+        "models",
+        "prefill",
+    }
     with pytest.raises(NotSupportedError):
         await backend.embed(EmbeddingRequest(inputs=["x"]))

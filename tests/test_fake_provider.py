@@ -29,7 +29,7 @@ from llmbackend.errors import (
     RateLimitedError,
     StreamInterruptedError,
 )
-from llmbackend.models import ChatMessage, ChatRequest, FinishReason, ToolCall
+from llmbackend.models import ChatMessage, ChatRequest, ToolCall
 from llmbackend.settings import LlmBackendConfig
 from llmbackend.testing._fake_behavior import Behavior, BehaviorKind, builtin_catalogue
 from llmbackend.testing._fake_openai import FakeOpenAIServer
@@ -833,7 +833,7 @@ async def test_sdk_maps_request_dependent_errors(
 ) -> None:
     """context_length -> ContextLengthExceededError, content_filter_error ->
     ContentFilteredError, a prefill to rejects_prefill -> InvalidRequestError, and a
-    content_filter answer -> finish reason CONTENT_FILTER."""
+    content_filter answer with no content -> ContentFilteredError (code content_filter)."""
     url = server.base_url
     with pytest.raises(ContextLengthExceededError):
         await make_backend(base_url=url, model_name="context_length").chat(HI)
@@ -844,8 +844,9 @@ async def test_sdk_maps_request_dependent_errors(
     with pytest.raises(InvalidRequestError, match="prefill"):
         await refuses.chat(prefill)
     assert (await refuses.chat(HI)).content == server.reply
-    filtered = await make_backend(base_url=url, model_name="content_filter").chat(HI)
-    assert filtered.finish_reason is FinishReason.CONTENT_FILTER
+    with pytest.raises(ContentFilteredError) as withheld:
+        await make_backend(base_url=url, model_name="content_filter").chat(HI)
+    assert withheld.value.code == "content_filter"
 
 
 async def test_sdk_sees_500_once_then_ok_and_counts_per_backend(

@@ -39,6 +39,7 @@ __all__ = [
     "encode_chat",
     "encode_message",
     "encode_tool",
+    "filtered_error",
     "finish_reason",
     "parse_chat_answer",
     "parse_tool_call_deltas",
@@ -186,6 +187,13 @@ def refusal_error(refusal: str, backend: str) -> ContentFilteredError:
     )
 
 
+def filtered_error(backend: str) -> ContentFilteredError:
+    """An answer the provider's filter withheld entirely (finish reason content_filter)."""
+    return ContentFilteredError(
+        "the provider's content filter withheld the answer", backend=backend, code="content_filter"
+    )
+
+
 def parse_chat_answer(
     body: Any, backend: str
 ) -> tuple[str, str | None, tuple[ToolCall, ...], str | None, Usage]:
@@ -204,6 +212,8 @@ def parse_chat_answer(
     if isinstance(refusal, str) and refusal and not content and not tool_calls:
         raise refusal_error(refusal, backend)
     raw_reason = choice.get("finish_reason")
+    if raw_reason == "content_filter" and not content and not tool_calls:
+        raise filtered_error(backend)
     model = answer.get("model")
     return (
         content or "",
@@ -296,6 +306,8 @@ class StreamState:
         """The closing event of a complete stream (or the refusal error it amounts to)."""
         if self.refusal and not self.answered:
             raise refusal_error("".join(self.refusal), self.backend)
+        if self.raw_reason == "content_filter" and not self.answered:
+            raise filtered_error(self.backend)
         return FinishEvent(
             reason=finish_reason(self.raw_reason),
             raw_reason=self.raw_reason,

@@ -57,7 +57,14 @@ class AnthropicBackend(HttpBackend):
     """Chat, streaming, tools and model listing over Anthropic's Messages API."""
 
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.MODELS}
+        {
+            Capability.CHAT,
+            Capability.STREAMING,
+            Capability.TOOLS,
+            Capability.MODELS,
+            # A final assistant turn is continued, which stream recovery relies on.
+            Capability.PREFILL,
+        }
     )
     default_model: ClassVar[str | None] = None
 

@@ -60,6 +60,8 @@ class Capability(enum.StrEnum):
     TOOLS = "tools"
     EMBEDDINGS = "embeddings"
     MODELS = "models"
+    #: Continues an assistant message given as the last turn (used by stream recovery).
+    PREFILL = "prefill"
 
 
 class BaseLlmBackend(abc.ABC):
