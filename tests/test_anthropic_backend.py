@@ -3,20 +3,14 @@ and error mapping."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
-import yaml
-from aiohttp import web
 from aioresponses import aioresponses
-from attrs import field, frozen
 from yarl import URL
 
 from llmbackend.backends.anthropic import AnthropicBackend
@@ -47,6 +41,15 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing._replay import (
+    ReplayServer,
+    ScriptedReply,
+    awkward_sse,
+    json_reply,
+    load_wire_fixture,
+    sse_body,
+    sse_reply,
+)
 
 API_KEY = "sk-ant-test-SECRET-0123456789"
 HI = ChatRequest(messages=[ChatMessage.user("hi")])
@@ -62,16 +65,7 @@ CASES = sorted(
 ERROR_TYPES: dict[int, type[BackendError]] = {400: InvalidRequestError}
 
 
-# --- a scripted loopback server ----------------------------------------------------------------
-
-
-@frozen(kw_only=True)
-class Received:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    json: Any
+# --- the loopback server and the backend under test ----------------------------------------
 
 
 def message_answer(text: str = "Hello there.", **extra: Any) -> dict[str, Any]:
@@ -90,104 +84,18 @@ def message_answer(text: str = "Hello there.", **extra: Any) -> dict[str, Any]:
     return answer
 
 
-def _chunks(chunks: Sequence[bytes]) -> tuple[bytes, ...]:
-    return tuple(chunks)
-
-
-@frozen(kw_only=True)
-class Reply:
-    """One scripted answer: written verbatim, one write per chunk (a frame may span writes)."""
-
-    chunks: tuple[bytes, ...] = field(converter=_chunks)
-    status: int = 200
-    content_type: str = "text/event-stream"
-    headers: Mapping[str, str] = field(factory=dict)
-
-
-def raw_reply(chunks: Sequence[bytes], **options: Any) -> Reply:
-    return Reply(chunks=tuple(chunks), **options)
-
-
-def json_reply(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(
-        chunks=(json.dumps(payload).encode(),),
-        status=status,
-        content_type="application/json",
-        headers=headers or {},
-    )
-
-
-class ScriptedServer:
-    """A real HTTP server on 127.0.0.1 answering every path with the next queued reply
-    (a plain text message when the queue is empty) and recording each request."""
-
-    def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.queue: deque[Reply] = deque()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> ScriptedServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    def enqueue(self, *replies: Reply) -> None:
-        self.queue.extend(replies)
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        self.requests.append(
-            Received(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers=dict(request.headers),
-                json=json.loads(raw) if raw else None,
-            )
-        )
-        reply = self.queue.popleft() if self.queue else json_reply(message_answer())
-        response = web.StreamResponse(status=reply.status, headers=reply.headers)
-        response.content_type = reply.content_type
-        await response.prepare(request)
-        try:
-            for chunk in reply.chunks:
-                await response.write(chunk)
-                # Let the client read this write on its own: without yielding, consecutive
-                # writes coalesce and a frame split across writes never reaches it split.
-                for _ in range(3):
-                    await asyncio.sleep(0)
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client stopped reading (e.g. after a parse error)
-        return response
-
-
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ScriptedServer]:
-    async with ScriptedServer() as scripted:
-        yield scripted
+def server(replay_server: ReplayServer) -> ReplayServer:
+    """The loopback server, answering a plain text message to whatever is not scripted."""
+    replay_server.default = json_reply(message_answer())
+    return replay_server
 
 
 BackendFactory = Callable[..., AnthropicBackend]
 
 
 @pytest.fixture
-def make_backend(session: aiohttp.ClientSession, server: ScriptedServer) -> BackendFactory:
+def make_backend(session: aiohttp.ClientSession, server: ReplayServer) -> BackendFactory:
     def build(**overrides: Any) -> AnthropicBackend:
         options: dict[str, Any] = {
             "name": "claude",
@@ -208,11 +116,6 @@ def make_backend(session: aiohttp.ClientSession, server: ScriptedServer) -> Back
 
 def recordings(wire_dir: Path) -> list[Path]:
     return sorted((wire_dir / "anthropic").glob("*.yaml"))
-
-
-def load(path: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
-    return loaded
 
 
 def text_of(content: str | list[dict[str, Any]]) -> str:
@@ -362,28 +265,13 @@ async def collect(backend: AnthropicBackend, request: ChatRequest = HI) -> list[
     return [event async for event in backend.stream(request)]
 
 
-def awkward_pieces(body: str, *, crlf: bool = False) -> list[bytes]:
-    """``body`` with keep-alive comments and extra ``ping`` events between its events, cut at
-    awkward byte offsets (with ``crlf``, some cuts fall between a CR and its LF)."""
-    ping = 'event: ping\ndata: {"type": "ping"}\n\n: keep-alive\n\n'
-    text = ": keep-alive\n\n" + body.replace("\n\nevent:", f"\n\n{ping}event:")
-    if crlf:
-        text = text.replace("\n", "\r\n")
-    data = text.encode()
-    cuts: set[int] = set()
-    position, sizes = 0, (1, 2, 5, 11, 23, 57, 3, 131)
-    while position < len(data):
-        position += sizes[len(cuts) % len(sizes)]
-        cuts.add(position)
-    if crlf:
-        cuts.update(i + 1 for i in range(len(data)) if data[i : i + 2] == b"\r\n")
-    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+#: Put before every event of a recorded stream: an extra ``ping`` event and a keep-alive.
+PING_AND_KEEPALIVE = 'event: ping\ndata: {"type": "ping"}\n\n: keep-alive\n\n'
 
 
 def sse(*events: dict[str, Any]) -> bytes:
     """An Anthropic SSE body: ``event: <type>`` plus the JSON data of each event."""
-    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+    return sse_body(*events, event_field="type")
 
 
 def start(model: str = "claude-test-1", **usage: int) -> dict[str, Any]:
@@ -443,7 +331,7 @@ def test_every_recording_is_a_case(wire_dir: Path) -> None:
 async def test_recorded_interaction_conformance(
     case: str,
     wire_dir: Path,
-    server: ScriptedServer,
+    server: ReplayServer,
     session: aiohttp.ClientSession,
     make_backend: BackendFactory,
 ) -> None:
@@ -451,14 +339,14 @@ async def test_recorded_interaction_conformance(
     stop reason, tokens, or the exact error), and our request has the recorded method, path
     and essential body fields. Whole bodies go through aioresponses against the default base
     URL; streams through the loopback server."""
-    recording = load(wire_dir / "anthropic" / f"{case}.yaml")
+    recording = load_wire_fixture(wire_dir / "anthropic" / f"{case}.yaml")
     recorded_request, recorded_response = recording["request"], recording["response"]
     recorded_body = json.loads(recorded_request["body"])
     request = request_from_recording(recorded_body)
     status = recorded_response["status"]
     path = sdk_only_query_removed(recorded_request["url_path"])
     if recorded_body.get("stream"):
-        server.enqueue(raw_reply([recorded_response["body"].encode()]))
+        server.enqueue(sse_reply([recorded_response["body"].encode()]))
         events = await collect(make_backend(model_name=None), request)
         assert assemble(events) == expected_from_events(recorded_response["body"])
         [received] = server.requests
@@ -514,31 +402,33 @@ async def test_recorded_interaction_conformance(
 
 @pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
 async def test_recorded_streams_split_at_awkward_offsets(
-    crlf: bool, wire_dir: Path, server: ScriptedServer, make_backend: BackendFactory
+    crlf: bool, wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Every recorded stream, cut across many TCP writes at awkward offsets with keep-alive
     comments and extra pings mixed in (and CRLF line ends), parses to what it says."""
     bodies = [
-        load(path)["response"]["body"]
+        load_wire_fixture(path)["response"]["body"]
         for path in recordings(wire_dir)
-        if json.loads(load(path)["request"]["body"]).get("stream")
+        if json.loads(load_wire_fixture(path)["request"]["body"]).get("stream")
     ]
     assert len(bodies) >= 3
     backend = make_backend()
     for body in bodies:
-        pieces = awkward_pieces(body, crlf=crlf)
+        pieces = awkward_sse(body, crlf=crlf, before="event:", filler=PING_AND_KEEPALIVE)
         assert len(pieces) > 20
-        server.enqueue(raw_reply(pieces))
+        server.enqueue(sse_reply(pieces))
         assert assemble(await collect(backend)) == expected_from_events(body)
 
 
 async def test_recorded_tool_stream_matches_the_non_streamed_shape(
-    wire_dir: Path, server: ScriptedServer, make_backend: BackendFactory
+    wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A tool without parameters (input {} and one empty fragment) assembles to the JSON text
     ``{}``, as a non-streamed answer's ``json.dumps(input)`` would be; text stays empty."""
-    body = load(wire_dir / "anthropic" / "messages_tool_use_stream_no_args.yaml")["response"]
-    server.enqueue(raw_reply([body["body"].encode()]))
+    body = load_wire_fixture(wire_dir / "anthropic" / "messages_tool_use_stream_no_args.yaml")[
+        "response"
+    ]
+    server.enqueue(sse_reply([body["body"].encode()]))
     events = await collect(make_backend())
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     assert "".join(d.arguments_delta for d in deltas) == "{}"
@@ -554,12 +444,14 @@ async def test_recorded_tool_stream_matches_the_non_streamed_shape(
 
 
 async def test_tool_call_ordinals_skip_text_blocks(
-    wire_dir: Path, server: ScriptedServer, make_backend: BackendFactory
+    wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Tool-call deltas are indexed by tool-call ordinal (0, 1), not by content-block index
     (1, 2), and carry id and name only on their first fragment."""
-    body = load(wire_dir / "anthropic" / "messages_tool_use_stream.yaml")["response"]["body"]
-    server.enqueue(raw_reply([body.encode()]))
+    body = load_wire_fixture(wire_dir / "anthropic" / "messages_tool_use_stream.yaml")["response"][
+        "body"
+    ]
+    server.enqueue(sse_reply([body.encode()]))
     deltas = [e for e in await collect(make_backend()) if isinstance(e, ToolCallDelta)]
     assert sorted({d.index for d in deltas}) == [0, 1]
     for ordinal in (0, 1):
@@ -573,21 +465,21 @@ async def test_tool_call_ordinals_skip_text_blocks(
 
 
 async def test_body_ending_before_message_stop_raises_stream_interrupted(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A stream that ends after message_delta but before message_stop is cut, not finished:
     StreamInterruptedError carries the text delivered so far."""
-    server.enqueue(raw_reply([sse(start(), *text_block(0, "Hel", "lo"), finish()[0])]))
+    server.enqueue(sse_reply([sse(start(), *text_block(0, "Hel", "lo"), finish()[0])]))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(make_backend())
     assert caught.value.partial_text == "Hello"
 
 
 async def test_body_ending_before_any_content_is_a_retryable_failure(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A stream with only message_start and pings is an ordinary failed attempt (retryable)."""
-    server.enqueue(raw_reply([sse(start(), {"type": "ping"})]))
+    server.enqueue(sse_reply([sse(start(), {"type": "ping"})]))
     with pytest.raises(BackendUnavailableError) as caught:
         await collect(make_backend())
     assert caught.value.retryable
@@ -607,12 +499,12 @@ async def test_error_event_before_content_raises_the_mapped_error(
     message: str,
     expected: type[BackendError],
     retryable: bool,
-    server: ScriptedServer,
+    server: ReplayServer,
     make_backend: BackendFactory,
 ) -> None:
     """An ``event: error`` after the 200 status raises the error its type names, with the
     status that type stands for (overloaded_error -> 529, retryable)."""
-    server.enqueue(raw_reply([sse(start(), {"type": "ping"}, error_event(kind, message))]))
+    server.enqueue(sse_reply([sse(start(), {"type": "ping"}, error_event(kind, message))]))
     with pytest.raises(expected) as caught:
         await collect(make_backend())
     assert type(caught.value) is expected
@@ -626,7 +518,7 @@ async def test_error_event_before_content_raises_the_mapped_error(
 
 
 async def test_error_event_after_content_is_an_interruption(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """An overloaded_error mid-answer raises StreamInterruptedError with the partial text,
     caused by the retryable BackendUnavailableError."""
@@ -635,7 +527,7 @@ async def test_error_event_after_content_is_an_interruption(
         *text_block(0, "The answer is")[:2],
         error_event("overloaded_error", "Overloaded"),
     )
-    server.enqueue(raw_reply([body]))
+    server.enqueue(sse_reply([body]))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(make_backend())
     assert caught.value.partial_text == "The answer is"
@@ -661,17 +553,17 @@ async def test_error_event_after_content_is_an_interruption(
     ids=["not-json", "not-object", "delta-for-unknown-block", "message-not-object", "no-index"],
 )
 async def test_malformed_stream_events_raise_malformed_response(
-    body: bytes, server: ScriptedServer, make_backend: BackendFactory
+    body: bytes, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Unparsable or wrongly shaped events raise MalformedResponseError, never KeyError."""
-    server.enqueue(raw_reply([body]))
+    server.enqueue(sse_reply([body]))
     with pytest.raises(MalformedResponseError) as caught:
         await collect(make_backend())
     assert "KeyError" not in str(caught.value)
 
 
 async def test_stream_usage_includes_cache_tokens_and_final_output(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Streamed usage combines message_start's input and cache counts with message_delta's
     cumulative output count; a usage event follows each of them."""
@@ -680,7 +572,7 @@ async def test_stream_usage_includes_cache_tokens_and_final_output(
         *text_block(0, "ok"),
         *finish("max_tokens", output_tokens=42),
     )
-    server.enqueue(raw_reply([body]))
+    server.enqueue(sse_reply([body]))
     events = await collect(make_backend())
     usages = [e.usage for e in events if isinstance(e, UsageEvent)]
     assert len(usages) == 2
@@ -696,10 +588,10 @@ async def test_stream_usage_includes_cache_tokens_and_final_output(
 
 
 async def test_stream_refusal_without_content_raises_content_filtered(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A stream that ends with stop_reason refusal and no content raises ContentFilteredError."""
-    server.enqueue(raw_reply([sse(start(), *finish("refusal"))]))
+    server.enqueue(sse_reply([sse(start(), *finish("refusal"))]))
     with pytest.raises(ContentFilteredError) as caught:
         await collect(make_backend())
     assert caught.value.code == "refusal"
@@ -719,7 +611,7 @@ OPERATIONS = pytest.mark.parametrize("operation", ["chat", "stream"])
 
 @OPERATIONS
 async def test_529_overloaded_is_retryable_unavailable(
-    operation: str, server: ScriptedServer, make_backend: BackendFactory
+    operation: str, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """HTTP 529 overloaded_error raises a retryable BackendUnavailableError with status 529."""
     server.enqueue(json_reply(error_body("overloaded_error", "Overloaded"), status=529))
@@ -735,7 +627,7 @@ async def test_529_overloaded_is_retryable_unavailable(
 
 @OPERATIONS
 async def test_429_with_retry_after(
-    operation: str, server: ScriptedServer, make_backend: BackendFactory
+    operation: str, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """HTTP 429 rate_limit_error with ``retry-after: 17`` asks for a 17 s wait, retryable."""
     body = error_body("rate_limit_error", "Number of request tokens has exceeded your limit.")
@@ -750,7 +642,7 @@ async def test_429_with_retry_after(
 
 
 async def test_429_spend_limit_is_not_retryable(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A 429 for the monthly spend limit is a RateLimitedError that waiting cannot fix."""
     body = error_body("rate_limit_error", "You have reached your spend limit.")
@@ -783,7 +675,7 @@ async def test_error_bodies_map_to_the_error_tree(
     kind: str,
     message: str,
     expected: type[BackendError],
-    server: ScriptedServer,
+    server: ReplayServer,
     make_backend: BackendFactory,
 ) -> None:
     """Each Anthropic error type, at its HTTP status, becomes the matching SDK error carrying
@@ -803,23 +695,23 @@ async def test_error_bodies_map_to_the_error_tree(
     "body", [b"{not json", b'{"content": "x"}', b'{"content": [{"type": "tool_use"}]}', b"[]"]
 )
 async def test_malformed_answer_raises_malformed_response(
-    body: bytes, server: ScriptedServer, make_backend: BackendFactory
+    body: bytes, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """An unparsable or wrongly shaped answer raises MalformedResponseError."""
-    server.enqueue(raw_reply([body], content_type="application/json"))
+    server.enqueue(ScriptedReply(pieces=[body]))
     with pytest.raises(MalformedResponseError):
         await make_backend().chat(HI)
 
 
 async def test_api_key_never_leaks_into_repr_or_errors(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The API key appears neither in repr(backend) nor in errors, even when echoed back."""
     backend = make_backend()
     echo = error_body("authentication_error", f"invalid x-api-key: {API_KEY}")
     server.enqueue(
         json_reply(echo, status=401),
-        raw_reply([sse(start(), error_event("authentication_error", f"bad key {API_KEY}"))]),
+        sse_reply([sse(start(), error_event("authentication_error", f"bad key {API_KEY}"))]),
     )
     errors: list[BaseException] = []
     for operation in ("chat", "stream"):
@@ -836,7 +728,7 @@ async def test_api_key_never_leaks_into_repr_or_errors(
 
 
 async def test_request_body_system_tools_parameters_and_headers(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Systems join the top-level ``system``; tool calls become tool_use blocks; consecutive
     tool results merge into one user turn (tool results first, then a following user text);
@@ -919,7 +811,7 @@ async def test_request_body_system_tools_parameters_and_headers(
     ],
 )
 async def test_tool_choice_mapping(
-    choice: Any, expected: dict[str, Any], server: ScriptedServer, make_backend: BackendFactory
+    choice: Any, expected: dict[str, Any], server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """OpenAI-style tool_choice values become Anthropic's; Anthropic shapes pass through."""
     request = ChatRequest(
@@ -930,7 +822,7 @@ async def test_tool_choice_mapping(
 
 
 async def test_assistant_prefill_stays_the_final_turn(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A conversation ending with an assistant message is sent with it as the final assistant
     turn (Anthropic continues it), streamed and not; the answer is only the continuation."""
@@ -939,7 +831,7 @@ async def test_assistant_prefill_stays_the_final_turn(
     )
     server.enqueue(
         json_reply(message_answer(", 4, 5")),
-        raw_reply([sse(start(), *text_block(0, ", 4", ", 5"), *finish())]),
+        sse_reply([sse(start(), *text_block(0, ", 4", ", 5"), *finish())]),
     )
     backend = make_backend()
     assert (await backend.chat(request)).content == ", 4, 5"
@@ -953,7 +845,7 @@ async def test_assistant_prefill_stays_the_final_turn(
 
 
 async def test_max_tokens_is_always_sent(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Without max_tokens in request or config the required field still goes out (4096);
     a request value wins over the config."""
@@ -967,7 +859,7 @@ async def test_max_tokens_is_always_sent(
 
 
 async def test_arguments_that_are_not_an_object_fail_before_sending(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A tool call whose arguments are not a JSON object cannot become tool_use input: an
     InvalidRequestError is raised and nothing is sent."""
@@ -983,7 +875,7 @@ async def test_arguments_that_are_not_an_object_fail_before_sending(
 
 
 async def test_json_response_format_is_not_supported(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A JSON response_format cannot be honoured: NotSupportedError, nothing is sent."""
     request = ChatRequest(
@@ -1009,7 +901,7 @@ async def test_json_response_format_is_not_supported(
     ],
 )
 async def test_stop_reason_mapping(
-    raw: str, expected: FinishReason | None, server: ScriptedServer, make_backend: BackendFactory
+    raw: str, expected: FinishReason | None, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Each stop_reason normalises to its FinishReason; the raw value is kept beside it."""
     server.enqueue(json_reply(message_answer("text", stop_reason=raw)))
@@ -1018,7 +910,7 @@ async def test_stop_reason_mapping(
 
 
 async def test_cache_tokens_and_ignored_block_types(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Cache reads count as cached prompt tokens (and, with cache writes, as prompt tokens);
     thinking blocks are not part of the answer text."""
@@ -1047,7 +939,7 @@ async def test_cache_tokens_and_ignored_block_types(
 
 
 async def test_refusal_without_content_raises_content_filtered(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A non-streamed refusal with no content raises ContentFilteredError (code refusal)."""
     server.enqueue(json_reply(message_answer("", stop_reason="refusal")))
@@ -1060,7 +952,7 @@ async def test_refusal_without_content_raises_content_filtered(
 
 
 async def test_list_models_follows_pages(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """``models()`` returns ``data[].id`` from GET /v1/models, following ``has_more`` with
     ``after_id``; the call carries the API key and version headers."""
@@ -1090,7 +982,7 @@ async def test_list_models_follows_pages(
 
 
 async def test_model_list_without_data_is_malformed(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A model list without a data array raises MalformedResponseError."""
     server.enqueue(json_reply({"models": []}))
@@ -1099,7 +991,7 @@ async def test_model_list_without_data_is_malformed(
 
 
 async def test_health_lists_models_and_reports_overload(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The availability check is GET /v1/models?limit=1; a 529 there makes it unavailable."""
     backend = make_backend()
@@ -1116,7 +1008,7 @@ async def test_health_lists_models_and_reports_overload(
 
 
 async def test_base_url_ending_in_v1_is_not_doubled(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A base URL that already ends in /v1 gets /v1/messages, not /v1/v1/messages."""
     await make_backend(base_url=f"{server.url}/v1").chat(HI)

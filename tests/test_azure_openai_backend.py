@@ -8,18 +8,14 @@ import base64
 import itertools
 import json
 import struct
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import pytest
-import yaml
-from aiohttp import web
 from aioresponses import aioresponses
-from attrs import field, frozen
 from yarl import URL
 
 from llmbackend.backends.azure_openai import (
@@ -49,6 +45,14 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing._replay import (
+    ReplayServer,
+    awkward_sse,
+    json_reply,
+    load_wire_fixture,
+    sse_body,
+    sse_reply,
+)
 
 API_KEY = "azure-test-SECRET-0123456789"
 HI = ChatRequest(messages=[ChatMessage.user("hi")])
@@ -62,43 +66,7 @@ CASES = sorted(
 ) or ["<no recordings found>"]
 
 
-# --- a scripted loopback server ----------------------------------------------------------------
-
-
-@frozen(kw_only=True)
-class Received:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    json: Any
-
-
-def _chunks(chunks: Sequence[bytes]) -> tuple[bytes, ...]:
-    return tuple(chunks)
-
-
-@frozen(kw_only=True)
-class Reply:
-    """One scripted answer: written verbatim, one write per chunk (a frame may span writes)."""
-
-    chunks: tuple[bytes, ...] = field(converter=_chunks)
-    status: int = 200
-    content_type: str = "text/event-stream"
-    headers: Mapping[str, str] = field(factory=dict)
-
-
-def raw_reply(chunks: Sequence[bytes], **options: Any) -> Reply:
-    return Reply(chunks=tuple(chunks), **options)
-
-
-def json_reply(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(
-        chunks=(json.dumps(payload).encode(),),
-        status=status,
-        content_type="application/json",
-        headers=headers or {},
-    )
+# --- the loopback server and the backend under test ----------------------------------------
 
 
 def completion(
@@ -121,77 +89,18 @@ def completion(
     }
 
 
-class ScriptedServer:
-    """A real HTTP server on 127.0.0.1 answering every path with the next queued reply
-    (a plain chat completion when the queue is empty) and recording each request."""
-
-    def __init__(self) -> None:
-        self.requests: list[Received] = []
-        self.queue: deque[Reply] = deque()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> ScriptedServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    def enqueue(self, *replies: Reply) -> None:
-        self.queue.extend(replies)
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        self.requests.append(
-            Received(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers=dict(request.headers),
-                json=json.loads(raw) if raw else None,
-            )
-        )
-        reply = self.queue.popleft() if self.queue else json_reply(completion())
-        response = web.StreamResponse(status=reply.status, headers=reply.headers)
-        response.content_type = reply.content_type
-        await response.prepare(request)
-        try:
-            for chunk in reply.chunks:
-                await response.write(chunk)
-                # Let the client read this write on its own: without yielding, consecutive
-                # writes coalesce and a frame split across writes never reaches it split.
-                for _ in range(3):
-                    await asyncio.sleep(0)
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client stopped reading (e.g. after a parse error)
-        return response
-
-
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ScriptedServer]:
-    async with ScriptedServer() as scripted:
-        yield scripted
+def server(replay_server: ReplayServer) -> ReplayServer:
+    """The loopback server, answering a plain chat completion to whatever is not scripted."""
+    replay_server.default = json_reply(completion())
+    return replay_server
 
 
 BackendFactory = Callable[..., AzureOpenAIBackend]
 
 
 @pytest.fixture
-def make_backend(session: aiohttp.ClientSession, server: ScriptedServer) -> BackendFactory:
+def make_backend(session: aiohttp.ClientSession, server: ReplayServer) -> BackendFactory:
     def build(token_provider: TokenProvider | None = None, **overrides: Any) -> AzureOpenAIBackend:
         options: dict[str, Any] = {
             "name": "azure",
@@ -214,11 +123,6 @@ def make_backend(session: aiohttp.ClientSession, server: ScriptedServer) -> Back
 
 async def collect(backend: AzureOpenAIBackend, request: ChatRequest = HI) -> list[StreamEvent]:
     return [event async for event in backend.stream(request)]
-
-
-def sse(*chunks: dict[str, Any] | str) -> bytes:
-    frames = [c if isinstance(c, str) else json.dumps(c) for c in chunks]
-    return "".join(f"data: {frame}\n\n" for frame in frames).encode()
 
 
 def chunk(delta: dict[str, Any], reason: str | None = None, **choice: Any) -> dict[str, Any]:
@@ -245,10 +149,7 @@ PROMPT_FILTER_CHUNK = {
 
 
 def load(wire_dir: Path, case: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(
-        (wire_dir / "azure_openai" / f"{case}.yaml").read_text()
-    )
-    return loaded
+    return load_wire_fixture(wire_dir / "azure_openai" / f"{case}.yaml")
 
 
 class Target(NamedTuple):
@@ -327,23 +228,6 @@ def decode_float32(value: str) -> tuple[float, ...]:
     return struct.unpack(f"<{len(raw) // 4}f", raw)
 
 
-def awkward_pieces(body: str, *, crlf: bool = False) -> list[bytes]:
-    """``body`` with keep-alive comments between events, cut at awkward byte offsets."""
-    text = ": keep-alive\n\n" + body.replace("\n\ndata:", "\n\n: keep-alive\n\ndata:")
-    if crlf:
-        text = text.replace("\n", "\r\n")
-    data = text.encode()
-    cuts: set[int] = set()
-    position, sizes = 0, (1, 2, 5, 11, 23, 57, 3, 131)
-    while position < len(data):
-        position += sizes[len(cuts) % len(sizes)]
-        cuts.add(position)
-    if crlf:
-        cuts.update(i + 1 for i in range(len(data)) if data[i : i + 2] == b"\r\n")
-    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
 # --- (a) conformance with every recorded interaction -------------------------------------------
 
 
@@ -357,7 +241,7 @@ def test_every_recording_is_a_case(wire_dir: Path) -> None:
 async def test_recorded_interaction_conformance(
     case: str,
     wire_dir: Path,
-    server: ScriptedServer,
+    server: ReplayServer,
     session: aiohttp.ClientSession,
 ) -> None:
     """Replaying each recorded Azure answer yields what it says (content, finish reason,
@@ -379,7 +263,7 @@ async def test_recorded_interaction_conformance(
     )
     backend = AzureOpenAIBackend(config, session_factory=lambda: session)
     if streamed:
-        server.enqueue(raw_reply([recorded_response["body"].encode()]))
+        server.enqueue(sse_reply([recorded_response["body"].encode()]))
         events = await collect(backend, chat_request(recorded_body))
         assert assemble(events) == expected_from_sse(recorded_response["body"])
         [received] = server.requests
@@ -436,15 +320,15 @@ async def test_recorded_interaction_conformance(
 
 @pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
 async def test_recorded_stream_split_at_awkward_offsets(
-    crlf: bool, wire_dir: Path, server: ScriptedServer, make_backend: BackendFactory
+    crlf: bool, wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The recorded stream (whose first chunk has no choices, only prompt_filter_results),
     cut across many writes at awkward offsets with keep-alive comments (and CRLF line ends),
     parses to what it says."""
     body = load(wire_dir, "chat_completion_stream")["response"]["body"]
-    pieces = awkward_pieces(body, crlf=crlf)
+    pieces = awkward_sse(body, crlf=crlf)
     assert len(pieces) > 20
-    server.enqueue(raw_reply(pieces))
+    server.enqueue(sse_reply(pieces))
     assert assemble(await collect(make_backend())) == expected_from_sse(body)
 
 
@@ -452,13 +336,13 @@ async def test_recorded_stream_split_at_awkward_offsets(
 
 
 async def test_deployment_url_api_version_and_api_key_for_every_operation(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Chat, stream and embeddings go to /openai/deployments/<deployment>/... with the
     api-version query and the ``api-key`` header (never Authorization)."""
     backend = make_backend(deployment_name="my dep", api_version="2025-01-01-preview")
     await backend.chat(HI)
-    server.enqueue(raw_reply([sse(chunk({"content": "a"}), chunk({}, "stop"), "[DONE]")]))
+    server.enqueue(sse_reply([sse_body(chunk({"content": "a"}), chunk({}, "stop"), "[DONE]")]))
     await collect(backend)
     embedding = {"data": [{"index": 0, "embedding": [0.5]}], "model": "e", "usage": {}}
     server.enqueue(json_reply(embedding))
@@ -475,7 +359,7 @@ async def test_deployment_url_api_version_and_api_key_for_every_operation(
 
 
 async def test_defaults_model_name_deployment_and_openai_suffix(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Without deployment_name the model_name is the deployment; without api_version the
     documented GA default is sent; a base URL ending in /openai is not doubled; the
@@ -495,7 +379,7 @@ async def test_defaults_model_name_deployment_and_openai_suffix(
 
 
 async def test_no_deployment_is_a_clear_error(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """With neither deployment_name nor model_name the call fails naming the setting."""
     with pytest.raises(LlmBackendError, match="deployment_name"):
@@ -506,7 +390,7 @@ async def test_no_deployment_is_a_clear_error(
 
 
 async def test_token_provider_sends_a_fresh_bearer_per_request(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """With a token provider every request (chat, stream, embed, health) fetches a token and
     sends ``Authorization: Bearer``; the api-key header is then not sent."""
@@ -517,7 +401,7 @@ async def test_token_provider_sends_a_fresh_bearer_per_request(
 
     backend = make_backend(token_provider=provider)
     await backend.chat(HI)
-    server.enqueue(raw_reply([sse(chunk({"content": "a"}), chunk({}, "stop"), "[DONE]")]))
+    server.enqueue(sse_reply([sse_body(chunk({"content": "a"}), chunk({}, "stop"), "[DONE]")]))
     await collect(backend)
     server.enqueue(json_reply({"data": [{"index": 0, "embedding": [1.0]}], "model": "e"}))
     await backend.embed(EmbeddingRequest(inputs=["x"]))
@@ -529,7 +413,7 @@ async def test_token_provider_sends_a_fresh_bearer_per_request(
 
 
 async def test_concurrent_backends_keep_their_own_credentials(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A token-provider backend and an api-key backend used concurrently each send only their
     own credential (the token never leaks to the other backend's requests)."""
@@ -553,7 +437,7 @@ async def test_concurrent_backends_keep_their_own_credentials(
 
 @pytest.mark.parametrize("failure", ["raises", "empty"])
 async def test_failing_token_provider_is_an_authentication_error(
-    failure: str, server: ScriptedServer, make_backend: BackendFactory
+    failure: str, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A provider that raises (its message may hold secrets: only the type is quoted) or
     returns no token raises AuthenticationError, and nothing is sent."""
@@ -572,7 +456,7 @@ async def test_failing_token_provider_is_an_authentication_error(
 
 
 async def test_credentials_never_leak_into_errors(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """An api key or bearer token echoed in an error body appears in no exception or repr."""
 
@@ -605,7 +489,7 @@ FILTER_RESULTS = {
 
 
 async def test_filtered_empty_answer_raises_content_filtered_with_categories(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """finish_reason content_filter with no content raises ContentFilteredError naming the
     categories marked ``filtered: true`` (and not the others)."""
@@ -620,7 +504,7 @@ async def test_filtered_empty_answer_raises_content_filtered_with_categories(
 
 
 async def test_partially_filtered_answer_is_returned_with_its_finish_reason(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """An answer cut by the filter after some content is returned, finishing content_filter."""
     server.enqueue(
@@ -636,7 +520,7 @@ async def test_partially_filtered_answer_is_returned_with_its_finish_reason(
 
 @pytest.mark.parametrize("spelling", ["innererror", "inner_error"])
 async def test_filtered_prompt_400_raises_content_filtered_with_categories(
-    spelling: str, server: ScriptedServer, make_backend: BackendFactory
+    spelling: str, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """HTTP 400 ``code: content_filter`` (a filtered prompt) raises ContentFilteredError with
     the categories of ``innererror.content_filter_result`` (either spelling Azure uses)."""
@@ -668,33 +552,33 @@ async def test_filtered_prompt_400_raises_content_filtered_with_categories(
 
 
 async def test_stream_filtered_before_content_raises_content_filtered(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A stream the filter ends before any content raises ContentFilteredError."""
-    body = sse(
+    body = sse_body(
         PROMPT_FILTER_CHUNK,
         chunk({"role": "assistant", "content": ""}),
         chunk({}, "content_filter", content_filter_results=FILTER_RESULTS),
         "[DONE]",
     )
-    server.enqueue(raw_reply([body]))
+    server.enqueue(sse_reply([body]))
     with pytest.raises(ContentFilteredError) as caught:
         await collect(make_backend())
     assert caught.value.code == "content_filter"
 
 
 async def test_stream_filtered_after_content_finishes_content_filter(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A stream the filter cuts after some text ends with FinishEvent(content_filter)."""
-    body = sse(
+    body = sse_body(
         PROMPT_FILTER_CHUNK,
         chunk({"content": "Once "}),
         chunk({"content": "upon"}),
         chunk({}, "content_filter", content_filter_results=FILTER_RESULTS),
         "[DONE]",
     )
-    server.enqueue(raw_reply([body]))
+    server.enqueue(sse_reply([body]))
     events = await collect(make_backend())
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Once upon"
     finish = events[-1]
@@ -703,10 +587,10 @@ async def test_stream_filtered_after_content_finishes_content_filter(
 
 
 async def test_stream_cut_after_the_prompt_filter_chunk_is_not_a_finish(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A body with the prompt-filter chunk and some text but no finish is interrupted."""
-    server.enqueue(raw_reply([sse(PROMPT_FILTER_CHUNK, chunk({"content": "Hel"}))]))
+    server.enqueue(sse_reply([sse_body(PROMPT_FILTER_CHUNK, chunk({"content": "Hel"}))]))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(make_backend())
     assert caught.value.partial_text == "Hel"
@@ -715,7 +599,7 @@ async def test_stream_cut_after_the_prompt_filter_chunk_is_not_a_finish(
 # --- (d) errors, models, availability ---------------------------------------------------------
 
 
-async def test_429_retry_after_ms(server: ScriptedServer, make_backend: BackendFactory) -> None:
+async def test_429_retry_after_ms(server: ReplayServer, make_backend: BackendFactory) -> None:
     """Azure's 429 with ``retry-after-ms`` raises a retryable RateLimitedError for that wait."""
     body = {"error": {"code": "429", "message": "Requests have exceeded token rate limit."}}
     server.enqueue(json_reply(body, status=429, headers={"retry-after-ms": "1500"}))
@@ -725,7 +609,7 @@ async def test_429_retry_after_ms(server: ScriptedServer, make_backend: BackendF
 
 
 async def test_unknown_deployment_is_model_not_found(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """HTTP 404 DeploymentNotFound raises ModelNotFoundError (another backend may serve)."""
     body = {
@@ -751,7 +635,7 @@ async def test_models_are_not_supported(make_backend: BackendFactory) -> None:
 
 
 async def test_health_is_a_one_token_chat_on_the_deployment(
-    server: ScriptedServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The availability check is a one-token chat completion on the deployment; a 503 or an
     unknown deployment makes the backend unavailable."""
@@ -775,7 +659,7 @@ async def test_connection_refused_is_unavailable(
     session: aiohttp.ClientSession,
 ) -> None:
     """A port nobody listens on raises a retryable BackendUnavailableError."""
-    async with ScriptedServer() as stopped:
+    async with ReplayServer() as stopped:
         url = stopped.url
     backend = AzureOpenAIBackend(
         LlmBackendConfig(name="azure", type="azure_openai", base_url=url, deployment_name="d"),

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import itertools
 import json
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -15,8 +12,6 @@ from typing import Any, NamedTuple
 import aiohttp
 import attrs
 import pytest
-import yaml
-from aiohttp import web
 from aioresponses import aioresponses
 from yarl import URL
 
@@ -47,6 +42,15 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing._replay import (
+    ReplayServer,
+    ScriptedReply,
+    awkward_sse,
+    json_reply,
+    load_wire_fixture,
+    sse_body,
+    sse_reply,
+)
 
 API_KEY = "co-test-SECRET-0123456789"
 HI = ChatRequest(messages=[ChatMessage.user("hi")])
@@ -58,119 +62,14 @@ V2_STREAM_CASES = ("chat_v2_stream", "chat_v2_tool_calls_stream")
 CHAT_URL = "https://api.cohere.com/v2/chat"
 
 
-# --- a loopback server replaying scripted answers ----------------------------------------------
-
-
-@attrs.frozen
-class Seen:
-    """A request the loopback server received."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-
-
-@attrs.frozen
-class Reply:
-    chunks: tuple[bytes, ...]
-    status: int
-    content_type: str
-    headers: dict[str, str]
-    cut: bool
-
-
-class ReplayServer:
-    """A real HTTP server on 127.0.0.1: each request gets the next scripted reply, written one
-    chunk per write (yielding between writes so the client reads them separately)."""
-
-    def __init__(self) -> None:
-        self.requests: list[Seen] = []
-        self._replies: deque[Reply] = deque()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> ReplayServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    def reply(
-        self,
-        body: Any,
-        *,
-        status: int = 200,
-        content_type: str = "application/json",
-        headers: dict[str, str] | None = None,
-        cut: bool = False,
-    ) -> None:
-        """Queue a reply: a JSON value, text, bytes, or a list of byte chunks; ``cut`` drops
-        the connection after the chunks."""
-        if isinstance(body, list) and all(isinstance(c, bytes) for c in body):
-            chunks = tuple(body)
-        elif isinstance(body, bytes):
-            chunks = (body,)
-        elif isinstance(body, str):
-            chunks = (body.encode(),)
-        else:
-            chunks = (json.dumps(body).encode(),)
-        self._replies.append(Reply(chunks, status, content_type, headers or {}, cut))
-
-    def sse(self, *events: dict[str, Any] | str) -> None:
-        """Queue a v2 SSE stream of events (each named by its ``type``)."""
-        self.reply(sse(*events), content_type="text/event-stream")
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        self.requests.append(
-            Seen(
-                request.method,
-                request.raw_path,
-                dict(request.headers),
-                json.loads(raw) if raw else None,
-            )
-        )
-        reply = self._replies.popleft() if self._replies else None
-        if reply is None:
-            return web.json_response({"message": "no scripted reply"}, status=500)
-        response = web.StreamResponse(status=reply.status, headers=reply.headers)
-        response.content_type = reply.content_type
-        try:
-            await response.prepare(request)
-            for chunk in reply.chunks:
-                await response.write(chunk)
-                for _ in range(3):
-                    await asyncio.sleep(0)  # let the client read this write on its own
-            if reply.cut and request.transport is not None:
-                request.transport.abort()
-                return response
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client stopped reading (after a parse error); nothing to do
-        return response
-
-
 # --- fixtures and helpers ----------------------------------------------------------------------
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReplayServer]:
-    async with ReplayServer() as replay:
-        yield replay
+def server(replay_server: ReplayServer) -> ReplayServer:
+    """The loopback server; what is not scripted gets a Cohere-shaped HTTP 500."""
+    replay_server.default = json_reply({"message": "no scripted reply"}, status=500)
+    return replay_server
 
 
 BackendFactory = Callable[..., CohereBackend]
@@ -199,19 +98,12 @@ def local(server: ReplayServer, make_backend: BackendFactory) -> CohereBackend:
 
 
 def load_case(wire_dir: Path, case: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((wire_dir / "cohere" / f"{case}.yaml").read_text())
-    return loaded
+    return load_wire_fixture(wire_dir / "cohere" / f"{case}.yaml")
 
 
 def sse(*events: dict[str, Any] | str) -> bytes:
     """A v2 SSE body: ``event: <type>`` plus ``data:`` per event (raw strings as data only)."""
-    frames = []
-    for event in events:
-        if isinstance(event, str):
-            frames.append(f"data: {event}\n\n")
-        else:
-            frames.append(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n")
-    return "".join(frames).encode()
+    return sse_body(*events, event_field="type")
 
 
 def text_event(text: str) -> dict[str, Any]:
@@ -323,23 +215,6 @@ async def call(backend: CohereBackend, operation: str) -> object:
     if operation == "stream":
         return await collect(backend)
     return await backend.chat(HI)
-
-
-def awkward_pieces(body: str, *, crlf: bool) -> list[bytes]:
-    """``body`` with keep-alive comments between events, cut at awkward byte offsets
-    (cycling through small primes; with ``crlf`` also between every CR and its LF)."""
-    text = ": keep-alive\n\n" + body.replace("\n\nevent:", "\n\n: keep-alive\n\nevent:")
-    if crlf:
-        text = text.replace("\n", "\r\n")
-    data = text.encode()
-    cuts: set[int] = set()
-    position, sizes = 0, (1, 2, 5, 11, 23, 57, 3, 131)
-    while position < len(data):
-        position += sizes[len(cuts) % len(sizes)]
-        cuts.add(position)
-    cuts.update(i + 1 for i in range(len(data)) if data[i : i + 2] == b"\r\n")
-    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 # --- (a) conformance with the recorded interactions ---------------------------------------------
@@ -454,11 +329,11 @@ async def test_recorded_stream_split_at_awkward_offsets(
     """A recorded v2 stream cut across many writes at awkward offsets, with keep-alive
     comments (and LF or CRLF line ends) mixed in, parses to exactly what the recording says."""
     body = load_case(wire_dir, case)["response"]["body"]
-    pieces = awkward_pieces(body, crlf=crlf)
+    pieces = awkward_sse(body, crlf=crlf, before="event:")
     assert len(pieces) > 20
-    server.reply(pieces, content_type="text/event-stream")
+    server.enqueue(sse_reply(pieces))
     assert assemble(await collect(local)) == expected_from_sse(body)
-    assert (server.requests[-1].method, server.requests[-1].path) == ("POST", "/v2/chat")
+    assert (server.requests[-1].method, server.requests[-1].path_qs) == ("POST", "/v2/chat")
     assert server.requests[-1].headers["Accept"] == "text/event-stream"
 
 
@@ -469,7 +344,7 @@ async def test_message_end_completes_without_done(
     body = load_case(wire_dir, "chat_v2_stream")["response"]["body"]
     trimmed = body.replace("data: [DONE]\n\n", "")
     assert trimmed != body
-    server.reply(trimmed, content_type="text/event-stream")
+    server.enqueue(sse_reply(trimmed))
     assert assemble(await collect(local)) == expected_from_sse(body)
 
 
@@ -480,7 +355,7 @@ async def test_stream_ending_before_message_end_is_interrupted(
     StreamInterruptedError with the text delivered so far; never a normal end."""
     body = load_case(wire_dir, "chat_v2_stream")["response"]["body"]
     partial = body[: body.index("event: message-end")]
-    server.reply(partial, content_type="text/event-stream")
+    server.enqueue(sse_reply(partial))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(local)
     assert caught.value.partial_text == expected_from_sse(body).text
@@ -490,10 +365,11 @@ async def test_connection_cut_mid_stream_is_interrupted(
     server: ReplayServer, local: CohereBackend
 ) -> None:
     """A connection dropped after content (no message-end) raises StreamInterruptedError."""
-    server.reply(
-        [sse(text_event("Ahoy")), b'event: content-delta\ndata: {"type": "con'],
-        content_type="text/event-stream",
-        cut=True,
+    server.enqueue(
+        sse_reply(
+            [sse(text_event("Ahoy")), b'event: content-delta\ndata: {"type": "con'],
+            cut=True,
+        )
     )
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(local)
@@ -516,7 +392,7 @@ async def test_malformed_stream_event(
 ) -> None:
     """An event that is not JSON or has the wrong shape raises MalformedResponseError naming
     the problem, never a KeyError/TypeError."""
-    server.reply(sse(frame), content_type="text/event-stream")
+    server.enqueue(sse_reply(sse(frame)))
     with pytest.raises(MalformedResponseError) as caught:
         await collect(local)
     assert "KeyError" not in str(caught.value)
@@ -527,23 +403,27 @@ async def test_unknown_and_thinking_events_are_not_text(
 ) -> None:
     """Citation, tool-plan and unknown events carry no answer text, and thinking content
     (``content.thinking``) is not text either; usage and cached tokens come from message-end."""
-    server.sse(
-        {"type": "message-start", "id": "m1", "delta": {"message": {"role": "assistant"}}},
-        {
-            "type": "content-start",
-            "index": 0,
-            "delta": {"message": {"content": {"type": "thinking", "thinking": ""}}},
-        },
-        {
-            "type": "content-delta",
-            "index": 0,
-            "delta": {"message": {"content": {"thinking": "hmm"}}},
-        },
-        {"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "plan"}}},
-        {"type": "citation-start", "index": 0, "delta": {"message": {"citations": {}}}},
-        {"type": "something-new", "delta": {}},
-        text_event("Yes."),
-        message_end(tokens={"input_tokens": 5, "output_tokens": 2}, cached_tokens=3),
+    server.enqueue(
+        sse_reply(
+            sse(
+                {"type": "message-start", "id": "m1", "delta": {"message": {"role": "assistant"}}},
+                {
+                    "type": "content-start",
+                    "index": 0,
+                    "delta": {"message": {"content": {"type": "thinking", "thinking": ""}}},
+                },
+                {
+                    "type": "content-delta",
+                    "index": 0,
+                    "delta": {"message": {"content": {"thinking": "hmm"}}},
+                },
+                {"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "plan"}}},
+                {"type": "citation-start", "index": 0, "delta": {"message": {"citations": {}}}},
+                {"type": "something-new", "delta": {}},
+                text_event("Yes."),
+                message_end(tokens={"input_tokens": 5, "output_tokens": 2}, cached_tokens=3),
+            )
+        )
     )
     events = await collect(local)
     assert assemble(events).text == "Yes."
@@ -557,10 +437,12 @@ async def test_toxic_answer_without_content_is_content_filtered(
 ) -> None:
     """ERROR_TOXIC with no content raises ContentFilteredError (not an empty answer)."""
     if operation == "stream":
-        server.sse(message_end("ERROR_TOXIC"))
+        server.enqueue(sse_reply(sse(message_end("ERROR_TOXIC"))))
     else:
-        server.reply(
-            {"message": {"role": "assistant", "content": []}, "finish_reason": "ERROR_TOXIC"}
+        server.enqueue(
+            json_reply(
+                {"message": {"role": "assistant", "content": []}, "finish_reason": "ERROR_TOXIC"}
+            )
         )
     with pytest.raises(ContentFilteredError) as caught:
         await call(local, operation)
@@ -590,13 +472,15 @@ async def test_finish_reason_mapping(
     """finish_reason values normalise as documented (with content present); unknown ones stay
     raw with reason None."""
     if operation == "stream":
-        server.sse(text_event("x"), message_end(raw))
+        server.enqueue(sse_reply(sse(text_event("x"), message_end(raw))))
         finish = (await collect(local))[-1]
         assert isinstance(finish, FinishEvent)
         assert (finish.reason, finish.raw_reason) == (expected, raw)
     else:
         content = [{"type": "text", "text": "x"}]
-        server.reply({"message": {"role": "assistant", "content": content}, "finish_reason": raw})
+        server.enqueue(
+            json_reply({"message": {"role": "assistant", "content": content}, "finish_reason": raw})
+        )
         response = await local.chat(HI)
         assert (response.finish_reason, response.raw_finish_reason) == (expected, raw)
 
@@ -605,24 +489,26 @@ async def test_tool_call_answer(server: ReplayServer, local: CohereBackend) -> N
     """A non-streamed tool-call answer (no recording exists): calls parsed with ids and JSON
     arguments, tool_plan and thinking items kept out of content, billed units used when
     ``tokens`` is absent."""
-    server.reply(
-        {
-            "id": "r1",
-            "message": {
-                "role": "assistant",
-                "tool_plan": "I will look it up.",
-                "content": [{"type": "thinking", "thinking": "hmm"}],
-                "tool_calls": [
-                    {
-                        "id": "get_weather_1",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": '{"location":"Oslo"}'},
-                    }
-                ],
-            },
-            "finish_reason": "TOOL_CALL",
-            "usage": {"billed_units": {"input_tokens": 12, "output_tokens": 7}},
-        }
+    server.enqueue(
+        json_reply(
+            {
+                "id": "r1",
+                "message": {
+                    "role": "assistant",
+                    "tool_plan": "I will look it up.",
+                    "content": [{"type": "thinking", "thinking": "hmm"}],
+                    "tool_calls": [
+                        {
+                            "id": "get_weather_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"location":"Oslo"}'},
+                        }
+                    ],
+                },
+                "finish_reason": "TOOL_CALL",
+                "usage": {"billed_units": {"input_tokens": 12, "output_tokens": 7}},
+            }
+        )
     )
     response = await local.chat(HI)
     assert response.content == ""
@@ -650,7 +536,7 @@ async def test_tool_call_answer(server: ReplayServer, local: CohereBackend) -> N
 )
 async def test_malformed_answer(body: bytes, server: ReplayServer, local: CohereBackend) -> None:
     """An unparsable or wrongly shaped answer raises MalformedResponseError."""
-    server.reply(body)
+    server.enqueue(ScriptedReply(pieces=body))
     with pytest.raises(MalformedResponseError):
         await local.chat(HI)
 
@@ -686,12 +572,14 @@ async def test_chat_body_carries_every_part_of_the_request(
         tool_choice={"type": "function", "function": {"name": "lookup"}},
         response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
     )
-    server.reply(
-        {"message": {"content": [{"type": "text", "text": "ok"}]}, "finish_reason": "COMPLETE"}
+    server.enqueue(
+        json_reply(
+            {"message": {"content": [{"type": "text", "text": "ok"}]}, "finish_reason": "COMPLETE"}
+        )
     )
     response = await make_backend(base_url=server.url, max_output_tokens=77).chat(request)
     assert response.content == "ok"
-    assert server.requests[-1].path == "/v2/chat"
+    assert server.requests[-1].path_qs == "/v2/chat"
     assert server.requests[-1].json == {
         "model": "command-test",
         "messages": [
@@ -742,7 +630,7 @@ async def test_tool_choice_strings(
 ) -> None:
     """tool_choice ``required``/``none`` map to REQUIRED/NONE; ``auto`` is Cohere's default
     and is left out; the tool list is kept whole."""
-    server.reply({"message": {"content": []}, "finish_reason": "COMPLETE"})
+    server.enqueue(json_reply({"message": {"content": []}, "finish_reason": "COMPLETE"}))
     tools = [ToolDefinition(name="f"), ToolDefinition(name="g")]
     await local.chat(attrs.evolve(HI, tools=tools, tool_choice=choice))
     sent = server.requests[-1].json
@@ -753,7 +641,7 @@ async def test_tool_choice_strings(
 async def test_bearer_header_and_no_key(server: ReplayServer, make_backend: BackendFactory) -> None:
     """The API key travels as ``Authorization: Bearer``; without a key none is sent."""
     for key in (API_KEY, None):
-        server.reply({"message": {"content": []}, "finish_reason": "COMPLETE"})
+        server.enqueue(json_reply({"message": {"content": []}, "finish_reason": "COMPLETE"}))
         await make_backend(
             base_url=server.url, api_key=key, additional_headers={"X-Client-Name": "t"}
         ).chat(HI)
@@ -794,7 +682,7 @@ async def test_error_statuses_map_to_the_error_tree(
 ) -> None:
     """Cohere's ``{"id", "message"}`` error bodies map by status (and message) to the SDK
     error tree; 5xx are retryable, caller errors are not."""
-    server.reply({"id": "e1", "message": message}, status=status)
+    server.enqueue(json_reply({"id": "e1", "message": message}, status=status))
     with pytest.raises(BackendError) as caught:
         await call(local, operation)
     assert type(caught.value) is expected
@@ -807,7 +695,9 @@ async def test_429_retry_after(operation: str, server: ReplayServer, local: Cohe
     """HTTP 429 raises a retryable RateLimitedError with Retry-After (seconds or HTTP date)."""
     when = datetime.now(UTC) + timedelta(seconds=120)
     for value in ("7", email.utils.format_datetime(when, usegmt=True)):
-        server.reply({"message": "slow down"}, status=429, headers={"Retry-After": value})
+        server.enqueue(
+            json_reply({"message": "slow down"}, status=429, headers={"Retry-After": value})
+        )
     errors = []
     for _ in range(2):
         with pytest.raises(RateLimitedError) as caught:
@@ -824,7 +714,7 @@ async def test_api_key_never_leaks_into_repr_or_errors(
     """The API key appears neither in repr(backend) nor in errors, even when echoed back."""
     errors: list[BaseException] = []
     for operation in ("chat", "stream"):
-        server.reply({"message": f"invalid api token {API_KEY}"}, status=401)
+        server.enqueue(json_reply({"message": f"invalid api token {API_KEY}"}, status=401))
         with pytest.raises(AuthenticationError) as caught:
             await call(local, operation)
         errors.append(caught.value)
@@ -842,17 +732,21 @@ async def test_embeddings_batch_96_per_call_in_order(
     """More than 96 texts go in calls of at most 96, vectors come back in input order and
     billed input tokens are summed; metadata ``input_type`` and ``dimensions`` are sent."""
     texts = [f"t{i}" for i in range(100)]
-    server.reply(
-        {
-            "embeddings": {"float": [[float(i)] for i in range(96)]},
-            "meta": {"billed_units": {"input_tokens": 96}},
-        }
+    server.enqueue(
+        json_reply(
+            {
+                "embeddings": {"float": [[float(i)] for i in range(96)]},
+                "meta": {"billed_units": {"input_tokens": 96}},
+            }
+        )
     )
-    server.reply(
-        {
-            "embeddings": {"float": [[float(i)] for i in range(96, 100)]},
-            "meta": {"billed_units": {"input_tokens": 4}},
-        }
+    server.enqueue(
+        json_reply(
+            {
+                "embeddings": {"float": [[float(i)] for i in range(96, 100)]},
+                "meta": {"billed_units": {"input_tokens": 4}},
+            }
+        )
     )
     backend = make_backend(base_url=server.url, model_name="embed-v4.0")
     request = EmbeddingRequest(
@@ -884,19 +778,21 @@ async def test_malformed_embeddings(
     body: dict[str, Any], server: ReplayServer, local: CohereBackend
 ) -> None:
     """An embed answer with the wrong count or shape raises MalformedResponseError."""
-    server.reply(body)
+    server.enqueue(json_reply(body))
     with pytest.raises(MalformedResponseError):
         await local.embed(EmbeddingRequest(inputs=["a", "b"]))
 
 
 async def test_list_models_follows_pages(server: ReplayServer, local: CohereBackend) -> None:
     """models() lists every page of GET /v1/models by name."""
-    server.reply(
-        {"models": [{"name": "command-a"}, {"name": "embed-v4.0"}], "next_page_token": "p2"}
+    server.enqueue(
+        json_reply(
+            {"models": [{"name": "command-a"}, {"name": "embed-v4.0"}], "next_page_token": "p2"}
+        )
     )
-    server.reply({"models": [{"name": "rerank-v3.5"}]})
+    server.enqueue(json_reply({"models": [{"name": "rerank-v3.5"}]}))
     assert await local.models() == ["command-a", "embed-v4.0", "rerank-v3.5"]
-    assert [r.path for r in server.requests] == [
+    assert [r.path_qs for r in server.requests] == [
         "/v1/models?page_size=1000",
         "/v1/models?page_size=1000&page_token=p2",
     ]
@@ -908,16 +804,16 @@ async def test_health_gets_the_configured_model(
     """The health check is GET /v1/models/{model} (proves key and model); a 401 makes the
     backend unavailable; without a model it lists one model."""
     backend = make_backend(base_url=server.url)
-    server.reply({"name": "command-test"})
+    server.enqueue(json_reply({"name": "command-test"}))
     assert (await backend.get_health()).available
-    server.reply({"message": "invalid api token"}, status=401)
+    server.enqueue(json_reply({"message": "invalid api token"}, status=401))
     health = await backend.get_health()
     assert not health.available
     assert health.error is not None
     assert "AuthenticationError" in health.error
-    server.reply({"models": []})
+    server.enqueue(json_reply({"models": []}))
     assert (await make_backend(base_url=server.url, model_name=None).get_health()).available
-    assert [r.path for r in server.requests] == [
+    assert [r.path_qs for r in server.requests] == [
         "/v1/models/command-test",
         "/v1/models/command-test",
         "/v1/models?page_size=1",

@@ -4,14 +4,13 @@ EasyNMT's REST API; languages from the request, error mapping, models and health
 from __future__ import annotations
 
 import json
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import attrs
 import pytest
-from aiohttp import web
+from yarl import URL
 
 from llmbackend.backends.easynmt import EasyNmtBackend
 from llmbackend.errors import (
@@ -32,160 +31,90 @@ from llmbackend.models import (
     ToolDefinition,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing._replay import ReceivedRequest, ReplayServer, ScriptedReply, json_reply
 
 GERMAN = {"target_language": "en", "source_language": "de"}
 
 
-@attrs.frozen(kw_only=True)
-class Recorded:
-    """A request the loopback server received."""
-
-    method: str
-    path: str
-    json: Any
-    query: dict[str, str]
-
-
-@attrs.frozen(kw_only=True)
-class Reply:
-    """A scripted answer, written in one go."""
-
-    body: bytes
-    status: int = 200
-
-
-def reply(answer: Any, status: int = 200) -> Reply:
+def reply(answer: Any, status: int = 200) -> ScriptedReply:
     """``answer`` as JSON (bytes and text are sent as they are)."""
-    if isinstance(answer, bytes):
-        return Reply(body=answer, status=status)
-    text = answer if isinstance(answer, str) else json.dumps(answer)
-    return Reply(body=text.encode(), status=status)
+    if isinstance(answer, bytes | str):
+        return ScriptedReply(pieces=answer, status=status)
+    return json_reply(answer, status=status)
 
 
-class EasyNmtServer:
-    """A real aiohttp server on 127.0.0.1 that behaves like the EasyNMT Docker API.
+# --- a loopback server that behaves like the EasyNMT Docker API --------------------------------
 
-    It "translates" with a small phrase book (anything else becomes ``<target> text``),
-    detects languages from the same book, refuses unsupported pairs with HTTP 403
-    ``{"detail": "Error: ..."}`` and a missing ``target_lang`` with FastAPI's 422. Queued
-    behaviours (errors, raw bodies) replace the next answer; every request is recorded.
-    """
+MODEL_NAME = "opus-mt"
+PAIRS = (("de", "en"), ("en", "de"), ("fr", "en"))
+#: The phrase book: anything else "translates" to ``<target> text``.
+PHRASES = {("de", "en", "Hallo Welt"): "Hello world", ("fr", "en", "Bonjour"): "Hello"}
+DETECT = {"Hallo Welt": "de", "Bonjour": "fr"}
 
-    model_name = "opus-mt"
-    pairs = (("de", "en"), ("en", "de"), ("fr", "en"))
-    phrases: ClassVar[dict[tuple[str, str, str], str]] = {
-        ("de", "en", "Hallo Welt"): "Hello world",
-        ("fr", "en", "Bonjour"): "Hello",
-    }
-    detect: ClassVar[dict[str, str]] = {"Hallo Welt": "de", "Bonjour": "fr"}
 
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.queue: deque[Reply] = deque()
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
+def translate_answer(params: dict[str, Any]) -> ScriptedReply:
+    """EasyNMT's translation of ``params``: languages detected from the phrase book, HTTP 403
+    ``{"detail": "Error: ..."}`` for an unsupported pair, FastAPI's 422 without target_lang."""
+    target = params.get("target_lang")
+    if not target:
+        missing = [{"loc": ["query", "target_lang"], "msg": "field required"}]
+        return json_reply({"detail": missing}, status=422)
+    texts = params["text"]
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts)
+    source = params.get("source_lang") or None
+    output: dict[str, Any] = {"target_lang": target, "source_lang": source}
+    detected = [DETECT.get(text, "en") for text in items]
+    if source is None:
+        output["detected_langs"] = detected
+    translated = []
+    for text, language in zip(items, detected, strict=True):
+        pair = (source or language, target)
+        if pair not in PAIRS:
+            detail = f"Error: no model for {pair[0]}-{pair[1]}"
+            return json_reply({"detail": detail}, status=403)
+        translated.append(PHRASES.get((*pair, text), f"<{target}> {text}"))
+    output["translated"] = translated[0] if single else translated
+    output["translation_time"] = 0.01
+    return json_reply(output)
 
-    async def __aenter__(self) -> EasyNmtServer:
-        app = web.Application()
-        app.router.add_post("/translate", self._translate_post)
-        app.router.add_get("/translate", self._translate_get)
-        app.router.add_get("/model_name", self._model_name)
-        app.router.add_get("/lang_pairs", self._lang_pairs)
-        app.router.add_get("/get_languages", self._get_languages)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def enqueue(self, *replies: Reply) -> None:
-        self.queue.extend(replies)
-
-    async def _receive(self, request: web.Request) -> tuple[Any, web.StreamResponse | None]:
-        body = json.loads(await request.read()) if request.can_read_body else None
-        self.requests.append(
-            Recorded(method=request.method, path=request.path, json=body, query=dict(request.query))
-        )
-        if self.queue:
-            scripted = self.queue.popleft()
-            return body, web.Response(
-                body=scripted.body, status=scripted.status, content_type="application/json"
-            )
-        return body, None
-
-    async def _translate_post(self, request: web.Request) -> web.StreamResponse:
-        body, scripted = await self._receive(request)
-        return scripted or self._translate(body)
-
-    async def _translate_get(self, request: web.Request) -> web.StreamResponse:
-        _, scripted = await self._receive(request)
+def easynmt_api(request: ReceivedRequest) -> ScriptedReply:
+    """What EasyNMT answers to POST and GET ``/translate``, ``/model_name``, ``/lang_pairs``
+    and ``/get_languages`` when nothing is scripted."""
+    route = (request.method, request.path)
+    if route == ("POST", "/translate"):
+        return translate_answer(request.json)
+    if route == ("GET", "/translate"):
         params: dict[str, Any] = dict(request.query)
-        params["text"] = request.query.getall("text", [])
-        return scripted or self._translate(params)
-
-    def _translate(self, params: dict[str, Any]) -> web.Response:
-        target = params.get("target_lang")
-        if not target:
-            missing = [{"loc": ["query", "target_lang"], "msg": "field required"}]
-            return web.json_response({"detail": missing}, status=422)
-        texts = params["text"]
-        single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
-        source = params.get("source_lang") or None
-        output: dict[str, Any] = {"target_lang": target, "source_lang": source}
-        detected = [self.detect.get(text, "en") for text in items]
-        if source is None:
-            output["detected_langs"] = detected
-        translated = []
-        for text, language in zip(items, detected, strict=True):
-            pair = (source or language, target)
-            if pair not in self.pairs:
-                detail = f"Error: no model for {pair[0]}-{pair[1]}"
-                return web.json_response({"detail": detail}, status=403)
-            translated.append(self.phrases.get((*pair, text), f"<{target}> {text}"))
-        output["translated"] = translated[0] if single else translated
-        output["translation_time"] = 0.01
-        return web.json_response(output)
-
-    async def _model_name(self, request: web.Request) -> web.StreamResponse:
-        _, scripted = await self._receive(request)
-        return scripted or web.json_response(self.model_name)
-
-    async def _lang_pairs(self, request: web.Request) -> web.StreamResponse:
-        _, scripted = await self._receive(request)
-        return scripted or web.json_response([f"{a}-{b}" for a, b in self.pairs])
-
-    async def _get_languages(self, request: web.Request) -> web.StreamResponse:
-        _, scripted = await self._receive(request)
-        return scripted or web.json_response(sorted({lang for pair in self.pairs for lang in pair}))
+        params["text"] = URL(request.path_qs).query.getall("text", [])
+        return translate_answer(params)
+    if route == ("GET", "/model_name"):
+        return json_reply(MODEL_NAME)
+    if route == ("GET", "/lang_pairs"):
+        return json_reply([f"{a}-{b}" for a, b in PAIRS])
+    if route == ("GET", "/get_languages"):
+        return json_reply(sorted({lang for pair in PAIRS for lang in pair}))
+    return json_reply({"detail": "Not Found"}, status=404)
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[EasyNmtServer]:
-    async with EasyNmtServer() as fake:
-        yield fake
+def server(replay_server: ReplayServer) -> ReplayServer:
+    """The loopback EasyNMT: scripted replies first, else what EasyNMT answers."""
+    replay_server.default = easynmt_api
+    return replay_server
 
 
 BackendFactory = Callable[..., EasyNmtBackend]
 
 
 @pytest.fixture
-def make_backend(session: aiohttp.ClientSession, server: EasyNmtServer) -> BackendFactory:
+def make_backend(session: aiohttp.ClientSession, server: ReplayServer) -> BackendFactory:
     def build(**overrides: Any) -> EasyNmtBackend:
         options: dict[str, Any] = {
             "name": "nmt",
             "type": "easynmt",
-            "base_url": server.base_url,
+            "base_url": server.url,
             "timeout_seconds": 10.0,
         }
         options.update(overrides)
@@ -202,7 +131,7 @@ def translate(text: str, **metadata: Any) -> ChatRequest:
 
 
 async def test_translates_the_last_user_message(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The last user message is translated between the languages the request names; the
     request is ``POST /translate`` with a one-text list; usage is zero and finish is stop."""
@@ -227,7 +156,7 @@ async def test_translates_the_last_user_message(
 
 
 async def test_languages_come_from_the_request_not_the_backend(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The same backend translates to whatever each request asks for; both metadata spellings
     (``*_language`` and ``*_lang``) work."""
@@ -240,7 +169,7 @@ async def test_languages_come_from_the_request_not_the_backend(
 
 
 async def test_without_source_language_the_service_detects_it(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Without a source language none is sent, and EasyNMT's detection is used."""
     response = await make_backend().chat(translate("Hallo Welt", target_language="en"))
@@ -249,7 +178,7 @@ async def test_without_source_language_the_service_detects_it(
 
 
 async def test_beam_size_and_sentence_splitting_are_passed_through(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """``beam_size`` and ``perform_sentence_splitting`` from the metadata reach the service."""
     request = translate("Hallo Welt", beam_size=3, perform_sentence_splitting=False, **GERMAN)
@@ -259,7 +188,7 @@ async def test_beam_size_and_sentence_splitting_are_passed_through(
 
 
 async def test_complete_carries_the_metadata(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """``complete()`` (a single prompt) translates the prompt with the request's languages;
     a configured ``model_name`` is reported as the answer's model."""
@@ -269,7 +198,7 @@ async def test_complete_carries_the_metadata(
 
 
 async def test_a_string_translation_is_accepted(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """EasyNMT answers a single string when given one; that shape is read too."""
     answer = {"translated": "Hi", "target_lang": "en", "source_lang": "de"}
@@ -281,7 +210,7 @@ async def test_a_string_translation_is_accepted(
 
 
 async def test_missing_target_language_fails_before_io(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A request without a target language raises InvalidRequestError naming the metadata
     key to set; nothing is sent."""
@@ -304,7 +233,7 @@ async def test_missing_target_language_fails_before_io(
     ids=["no-user", "empty-user", "blank-target", "numeric-source", "beam-0", "split-str"],
 )
 async def test_unusable_requests_fail_before_io(
-    request_: ChatRequest, match: str, server: EasyNmtServer, make_backend: BackendFactory
+    request_: ChatRequest, match: str, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Requests that cannot be translated raise InvalidRequestError naming the problem."""
     with pytest.raises(InvalidRequestError, match=match):
@@ -330,7 +259,7 @@ async def test_streaming_tools_and_embeddings_are_not_supported(
 
 
 async def test_unsupported_language_pair_is_an_invalid_request(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """EasyNMT's 403 ``{"detail": "Error: ..."}`` for a failed translation is a caller problem
     (InvalidRequestError, code translation_failed), not an authentication failure."""
@@ -363,7 +292,7 @@ async def test_error_status_mapping(
     body: Any,
     expected: type[BackendError],
     message: str,
-    server: EasyNmtServer,
+    server: ReplayServer,
     make_backend: BackendFactory,
 ) -> None:
     """HTTP errors map to the SDK's errors with FastAPI's ``detail`` as the message; a 403
@@ -387,7 +316,7 @@ async def test_error_status_mapping(
     ids=["not-json", "not-object", "empty", "not-text", "two-texts"],
 )
 async def test_malformed_answer_raises_malformed_response(
-    body: bytes, server: EasyNmtServer, make_backend: BackendFactory
+    body: bytes, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """An answer without exactly one translated text raises MalformedResponseError."""
     server.enqueue(reply(body))
@@ -399,7 +328,7 @@ async def test_malformed_answer_raises_malformed_response(
 
 
 async def test_models_and_health_use_model_name(
-    server: EasyNmtServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """``models()`` is the loaded model from GET /model_name, which is also the health check;
     a 503 there (or a non-name answer) makes the backend unavailable / malformed."""
@@ -419,8 +348,8 @@ async def test_models_and_health_use_model_name(
 
 async def test_connection_refused_is_unavailable(make_backend: BackendFactory) -> None:
     """A port nobody listens on raises BackendUnavailableError and fails the health check."""
-    async with EasyNmtServer() as stopped:
-        url = stopped.base_url
+    async with ReplayServer() as stopped:
+        url = stopped.url
     backend = make_backend(base_url=url)
     with pytest.raises(BackendUnavailableError):
         await backend.chat(translate("Hallo Welt", **GERMAN))
@@ -436,11 +365,11 @@ def test_default_base_url(session: aiohttp.ClientSession) -> None:
 
 
 async def test_fake_server_speaks_the_get_api(
-    server: EasyNmtServer, session: aiohttp.ClientSession
+    server: ReplayServer, session: aiohttp.ClientSession
 ) -> None:
     """The loopback server answers the documented GET endpoints like EasyNMT does (so the
     backend is tested against a faithful peer)."""
-    url = server.base_url
+    url = server.url
     async with session.get(
         f"{url}/translate", params={"target_lang": "en", "text": "Hallo Welt"}
     ) as r:

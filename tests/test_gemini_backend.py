@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
 import attrs
 import pytest
-import yaml
-from aiohttp import web
 from aioresponses import aioresponses
 from yarl import URL
 
@@ -48,6 +44,16 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing._replay import (
+    ReplayServer,
+    ScriptedReply,
+    awkward_sse,
+    json_reply,
+    load_wire_fixture,
+    split_awkwardly,
+    sse_body,
+    sse_reply,
+)
 
 API_KEY = "AIza-test-SECRET-0123456789"
 TOKEN = "ya29.test-TOKEN-SECRET-9876543210"
@@ -75,126 +81,15 @@ GENERATION_FIELDS = (
 )
 
 
-# --- a loopback server replaying scripted answers ----------------------------------------------
-
-
-@attrs.frozen
-class Seen:
-    """A request the loopback server received."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-
-
-@attrs.frozen
-class Reply:
-    chunks: tuple[bytes, ...]
-    status: int
-    content_type: str
-    headers: dict[str, str]
-    cut: bool
-    hang: bool
-
-
-class ReplayServer:
-    """A real HTTP server on 127.0.0.1: each request gets the next scripted reply, written one
-    chunk per write (yielding between writes so the client reads them separately)."""
-
-    def __init__(self) -> None:
-        self.requests: list[Seen] = []
-        self._replies: deque[Reply] = deque()
-        self._runner: web.AppRunner | None = None
-        self._release = asyncio.Event()
-        self.url = ""
-
-    async def __aenter__(self) -> ReplayServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._runner is not None
-        self._release.set()  # let hanging handlers end before shutting down
-        await self._runner.cleanup()
-
-    def reply(
-        self,
-        body: Any,
-        *,
-        status: int = 200,
-        content_type: str = "application/json",
-        headers: dict[str, str] | None = None,
-        cut: bool = False,
-        hang: bool = False,
-    ) -> None:
-        """Queue a reply: a JSON value, text, bytes, or a list of byte chunks; ``cut`` drops
-        the connection after the chunks, ``hang`` never answers (until the server stops)."""
-        if isinstance(body, list) and all(isinstance(c, bytes) for c in body):
-            chunks = tuple(body)
-        elif isinstance(body, bytes):
-            chunks = (body,)
-        elif isinstance(body, str):
-            chunks = (body.encode(),)
-        else:
-            chunks = (json.dumps(body).encode(),)
-        self._replies.append(Reply(chunks, status, content_type, headers or {}, cut, hang))
-
-    def sse(self, *chunks: Any) -> None:
-        """Queue an SSE stream of JSON chunks."""
-        self.reply(sse(*chunks), content_type="text/event-stream")
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        self.requests.append(
-            Seen(
-                request.method,
-                request.raw_path,
-                dict(request.headers),
-                json.loads(raw) if raw else None,
-            )
-        )
-        reply = self._replies.popleft() if self._replies else None
-        if reply is None:
-            error = {"error": {"code": 500, "message": "no scripted reply", "status": "INTERNAL"}}
-            return web.json_response(error, status=500)
-        if reply.hang:
-            await self._release.wait()
-        response = web.StreamResponse(status=reply.status, headers=reply.headers)
-        response.content_type = reply.content_type
-        try:
-            await response.prepare(request)
-            for chunk in reply.chunks:
-                await response.write(chunk)
-                for _ in range(3):
-                    await asyncio.sleep(0)  # let the client read this write on its own
-            if reply.cut and request.transport is not None:
-                request.transport.abort()
-                return response
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client stopped reading (after a parse error); nothing to do
-        return response
-
-
 # --- fixtures and helpers ----------------------------------------------------------------------
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReplayServer]:
-    async with ReplayServer() as replay:
-        yield replay
+def server(replay_server: ReplayServer) -> ReplayServer:
+    """The loopback server; what is not scripted gets a Google-shaped HTTP 500."""
+    error = {"error": {"code": 500, "message": "no scripted reply", "status": "INTERNAL"}}
+    replay_server.default = json_reply(error, status=500)
+    return replay_server
 
 
 BackendFactory = Callable[..., GeminiBackend]
@@ -227,14 +122,12 @@ def local(server: ReplayServer, make_backend: BackendFactory) -> GeminiBackend:
 
 
 def load_case(wire_dir: Path, case: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((wire_dir / "gemini" / f"{case}.yaml").read_text())
-    return loaded
+    return load_wire_fixture(wire_dir / "gemini" / f"{case}.yaml")
 
 
 def sse(*chunks: Any) -> bytes:
-    """An SSE body from JSON chunks (or raw data strings)."""
-    frames = [c if isinstance(c, str) else json.dumps(c) for c in chunks]
-    return "".join(f"data: {frame}\r\n\r\n" for frame in frames).encode()
+    """An SSE body from JSON chunks (or raw data strings), with Google's CRLF line ends."""
+    return sse_body(*chunks, line_end="\r\n")
 
 
 def answer(
@@ -389,27 +282,6 @@ async def call(backend: GeminiBackend, operation: str) -> object:
     return await backend.chat(HI)
 
 
-def awkward_cuts(data: bytes) -> list[bytes]:
-    """``data`` cut at offsets cycling through small primes, plus between every CR and LF."""
-    cuts: set[int] = set()
-    position, sizes = 0, (1, 2, 5, 11, 23, 57, 3, 131)
-    while position < len(data):
-        position += sizes[len(cuts) % len(sizes)]
-        cuts.add(position)
-    cuts.update(i + 1 for i in range(len(data)) if data[i : i + 2] == b"\r\n")
-    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def awkward_sse(body: str, *, crlf: bool) -> list[bytes]:
-    """A recorded SSE body with keep-alive comments between events, cut awkwardly."""
-    text = body.replace("\r\n", "\n")
-    text = ": keep-alive\n\n" + text.replace("\n\ndata:", "\n\n: keep-alive\n\ndata:")
-    if crlf:
-        text = text.replace("\n", "\r\n")
-    return awkward_cuts(text.encode())
-
-
 # --- (a) conformance with the recorded interactions ---------------------------------------------
 
 
@@ -555,9 +427,9 @@ async def test_recorded_sse_stream_split_at_awkward_offsets(
     body = load_case(wire_dir, "stream_generate_content_sse")["response"]["body"]
     pieces = awkward_sse(body, crlf=crlf)
     assert len(pieces) > 20
-    server.reply(pieces, content_type="text/event-stream")
+    server.enqueue(sse_reply(pieces))
     assert assemble(await collect(local)) == expected_from_chunks(sse_chunks(body))
-    assert server.requests[-1].path == "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
+    assert server.requests[-1].path_qs == "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
     assert server.requests[-1].headers["Accept"] == "text/event-stream"
 
 
@@ -568,7 +440,7 @@ async def test_recorded_json_array_stream_split_at_awkward_offsets(
     cut at awkward offsets (inside strings, escapes and the CRLF separators) it yields what
     the recording says, thought parts skipped."""
     body = load_case(wire_dir, "stream_generate_content_json_array")["response"]["body"]
-    server.reply(awkward_cuts(body.encode()), content_type="application/json")
+    server.enqueue(ScriptedReply(pieces=split_awkwardly(body.encode())))
     result = assemble(await collect(local))
     assert result == expected_from_chunks(json.loads(body))
     assert result.text == "Scoop"
@@ -614,7 +486,7 @@ async def test_json_array_stream_without_closing_bracket_is_interrupted(
     """A JSON-array stream whose body ends before ``]`` is not a complete answer, even though
     a finishReason arrived: the caller gets StreamInterruptedError with the text so far."""
     body = load_case(wire_dir, "stream_generate_content_json_array")["response"]["body"]
-    server.reply(body.rstrip().removesuffix("]"), content_type="application/json")
+    server.enqueue(ScriptedReply(pieces=body.rstrip().removesuffix("]")))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(local)
     assert caught.value.partial_text == "Scoop"
@@ -627,7 +499,7 @@ async def test_stream_ending_without_finish_reason_is_interrupted(
     StreamInterruptedError with the text delivered so far; never a normal end."""
     body = load_case(wire_dir, "stream_generate_content_sse")["response"]["body"]
     first = body.split("\r\n\r\n")[0] + "\r\n\r\n"
-    server.reply(first, content_type="text/event-stream")
+    server.enqueue(sse_reply(first))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(local)
     assert caught.value.partial_text == expected_from_chunks(sse_chunks(first)).text == "The"
@@ -637,10 +509,11 @@ async def test_connection_cut_mid_stream_is_interrupted(
     server: ReplayServer, local: GeminiBackend
 ) -> None:
     """A connection dropped after content (no finish) raises StreamInterruptedError."""
-    server.reply(
-        [sse(answer({"text": "Hel"}, reason=None)), b'data: {"candidates": [{"con'],
-        content_type="text/event-stream",
-        cut=True,
+    server.enqueue(
+        sse_reply(
+            [sse(answer({"text": "Hel"}, reason=None)), b'data: {"candidates": [{"con'],
+            cut=True,
+        )
     )
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(local)
@@ -651,7 +524,7 @@ async def test_empty_stream_is_a_retryable_failure(
     server: ReplayServer, local: GeminiBackend
 ) -> None:
     """A 200 stream with no chunks at all is an ordinary failed attempt, worth a retry."""
-    server.reply(b": keep-alive\r\n\r\n", content_type="text/event-stream")
+    server.enqueue(sse_reply(b": keep-alive\r\n\r\n"))
     with pytest.raises(BackendUnavailableError) as caught:
         await collect(local)
     assert caught.value.retryable
@@ -672,7 +545,7 @@ async def test_malformed_stream_chunk(
 ) -> None:
     """A chunk that is not JSON or has the wrong shape raises MalformedResponseError naming
     the problem, never a KeyError/TypeError."""
-    server.reply(sse(frame), content_type="text/event-stream")
+    server.enqueue(sse_reply(sse(frame)))
     with pytest.raises(MalformedResponseError) as caught:
         await collect(local)
     assert "KeyError" not in str(caught.value)
@@ -683,7 +556,7 @@ async def test_error_chunk_mid_stream_raises_the_mapped_error(
 ) -> None:
     """An ``{"error": ...}`` chunk after the 200 status raises the error it describes."""
     error = {"code": 429, "message": "Resource exhausted.", "status": "RESOURCE_EXHAUSTED"}
-    server.sse({"error": error})
+    server.enqueue(sse_reply(sse({"error": error})))
     with pytest.raises(RateLimitedError) as caught:
         await collect(local)
     assert (caught.value.status, caught.value.code) == (429, "RESOURCE_EXHAUSTED")
@@ -701,13 +574,17 @@ async def test_stream_function_calls_and_cached_tokens(
         "totalTokenCount": 50,
         "cachedContentTokenCount": 32,
     }
-    server.sse(
-        answer({"text": "Let me check. "}, reason=None),
-        answer(
-            {"functionCall": {"name": "a", "args": {"x": 1}, "id": "fc-9"}},
-            {"functionCall": {"name": "b", "args": {}}},
-            usage=usage,
-        ),
+    server.enqueue(
+        sse_reply(
+            sse(
+                answer({"text": "Let me check. "}, reason=None),
+                answer(
+                    {"functionCall": {"name": "a", "args": {"x": 1}, "id": "fc-9"}},
+                    {"functionCall": {"name": "b", "args": {}}},
+                    usage=usage,
+                ),
+            )
+        )
     )
     events = await collect(local)
     result = assemble(events)
@@ -762,9 +639,9 @@ async def test_safety_blocks_raise_content_filtered(
     """A blocked prompt, or an answer stopped for SAFETY before any content, raises
     ContentFilteredError naming the reason and the blocked category (not an empty answer)."""
     if operation == "stream":
-        server.sse(body)
+        server.enqueue(sse_reply(sse(body)))
     else:
-        server.reply(body)
+        server.enqueue(json_reply(body))
     with pytest.raises(ContentFilteredError) as caught:
         await call(local, operation)
     assert caught.value.code == reason
@@ -777,7 +654,7 @@ async def test_safety_stop_after_content_is_a_content_filter_finish(
 ) -> None:
     """Text followed by a SAFETY stop ends normally with reason content_filter: the caller
     already has the text, and the finish says why it stopped."""
-    server.sse(answer({"text": "Part one"}, reason=None), SAFETY_STOP)
+    server.enqueue(sse_reply(sse(answer({"text": "Part one"}, reason=None), SAFETY_STOP)))
     events = await collect(local)
     assert isinstance(events[-1], FinishEvent)
     assert (events[-1].reason, events[-1].raw_reason) == (FinishReason.CONTENT_FILTER, "SAFETY")
@@ -798,7 +675,7 @@ async def test_finish_reason_mapping(
     raw: str, expected: FinishReason | None, server: ReplayServer, local: GeminiBackend
 ) -> None:
     """finishReason values normalise as documented; unknown ones stay raw with reason None."""
-    server.reply(answer({"text": "x"}, reason=raw))
+    server.enqueue(json_reply(answer({"text": "x"}, reason=raw)))
     response = await local.chat(HI)
     assert (response.finish_reason, response.raw_finish_reason) == (expected, raw)
 
@@ -813,8 +690,12 @@ async def test_answer_skips_thought_parts_and_reports_thinking_tokens(
         "thoughtsTokenCount": 20,
         "totalTokenCount": 32,
     }
-    server.reply(
-        answer({"text": "pondering", "thought": True}, {"text": "Hi"}, {"text": "!"}, usage=usage)
+    server.enqueue(
+        json_reply(
+            answer(
+                {"text": "pondering", "thought": True}, {"text": "Hi"}, {"text": "!"}, usage=usage
+            )
+        )
     )
     response = await local.chat(HI)
     assert (response.content, response.model) == ("Hi!", "gemini-x")
@@ -832,7 +713,7 @@ async def test_answer_skips_thought_parts_and_reports_thinking_tokens(
 )
 async def test_malformed_answer(body: bytes, server: ReplayServer, local: GeminiBackend) -> None:
     """An unparsable or wrongly shaped answer raises MalformedResponseError."""
-    server.reply(body)
+    server.enqueue(ScriptedReply(pieces=body))
     with pytest.raises(MalformedResponseError):
         await local.chat(HI)
 
@@ -879,9 +760,9 @@ async def test_chat_body_carries_every_part_of_the_request(
         tool_choice={"type": "function", "function": {"name": "lookup"}},
         response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
     )
-    server.reply(answer({"text": "ok"}))
+    server.enqueue(json_reply(answer({"text": "ok"})))
     await make_backend(base_url=server.url, max_output_tokens=77).chat(request)
-    assert server.requests[-1].path == "/v1beta/models/gemini-test:generateContent"
+    assert server.requests[-1].path_qs == "/v1beta/models/gemini-test:generateContent"
     assert server.requests[-1].json == {
         "contents": [
             {"role": "user", "parts": [{"text": "hi"}]},
@@ -943,7 +824,7 @@ async def test_tool_choice_modes(
     choice: str, config: dict[str, Any], server: ReplayServer, local: GeminiBackend
 ) -> None:
     """OpenAI-style tool_choice strings map to functionCallingConfig modes."""
-    server.reply(answer({"text": "ok"}))
+    server.enqueue(json_reply(answer({"text": "ok"})))
     await local.chat(attrs.evolve(HI, tools=[ToolDefinition(name="f")], tool_choice=choice))
     assert server.requests[-1].json["toolConfig"] == {"functionCallingConfig": config}
 
@@ -977,7 +858,7 @@ async def test_tool_result_may_name_its_function(
     server: ReplayServer, local: GeminiBackend
 ) -> None:
     """A tool message carrying ``name`` needs no earlier assistant call to be encoded."""
-    server.reply(answer({"text": "ok"}))
+    server.enqueue(json_reply(answer({"text": "ok"})))
     await local.chat(ChatRequest(messages=[ChatMessage.tool("[1, 2]", tool_call_id="x", name="f")]))
     part = server.requests[-1].json["contents"][0]["parts"][0]
     assert part == {"functionResponse": {"name": "f", "response": {"result": [1, 2]}, "id": "x"}}
@@ -988,10 +869,10 @@ async def test_model_prefix_and_api_version(
 ) -> None:
     """A ``models/`` prefix in the model name is not doubled, and api_version replaces the
     path's version."""
-    server.reply(answer({"text": "ok"}))
+    server.enqueue(json_reply(answer({"text": "ok"})))
     backend = make_backend(base_url=server.url, model_name="models/gemini-pro", api_version="v1")
     await backend.chat(HI)
-    assert server.requests[-1].path == "/v1/models/gemini-pro:generateContent"
+    assert server.requests[-1].path_qs == "/v1/models/gemini-pro:generateContent"
 
 
 # --- Vertex AI -----------------------------------------------------------------------------------
@@ -1038,10 +919,10 @@ async def test_vertex_uses_api_key_as_bearer_without_provider(
 ) -> None:
     """Without a token provider the configured api_key is the Vertex Bearer token; an explicit
     base_url wins over the location's host."""
-    server.reply(answer({"text": "ok"}))
+    server.enqueue(json_reply(answer({"text": "ok"})))
     await make_backend(base_url=server.url, project_id="p", location="asia-east1").chat(HI)
     seen = server.requests[-1]
-    assert seen.path == (
+    assert seen.path_qs == (
         "/v1/projects/p/locations/asia-east1/publishers/google/models/gemini-test:generateContent"
     )
     assert seen.headers["Authorization"] == f"Bearer {API_KEY}"
@@ -1072,14 +953,16 @@ async def test_vertex_embeds_each_input_in_order(
     and prompt tokens summed."""
     backend = make_backend(base_url=server.url, project_id="p", model_name="emb")
     for value in (1.0, 2.0, 3.0):
-        server.reply({"embedding": {"values": [value]}, "usageMetadata": {"promptTokenCount": 2}})
+        server.enqueue(
+            json_reply({"embedding": {"values": [value]}, "usageMetadata": {"promptTokenCount": 2}})
+        )
     response = await backend.embed(EmbeddingRequest(inputs=["a", "b", "c"], dimensions=1))
     texts = [r.json["content"]["parts"][0]["text"] for r in server.requests]
     vectors = {text: (float(i + 1),) for i, text in enumerate(texts)}
     assert response.embeddings == tuple(vectors[t] for t in ("a", "b", "c"))
     assert response.prompt_tokens == 6
     assert all(r.json["outputDimensionality"] == 1 for r in server.requests)
-    assert {r.path for r in server.requests} == {
+    assert {r.path_qs for r in server.requests} == {
         "/v1/projects/p/locations/us-central1/publishers/google/models/emb:embedContent"
     }
 
@@ -1091,10 +974,12 @@ async def test_vertex_embedding_failure_cancels_siblings(
     answer, the mapped error is raised at once (not an ExceptionGroup, not a timeout) and no
     sibling task is left running."""
     backend = make_backend(base_url=server.url, project_id="p", model_name="emb")
-    server.reply(
-        {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}, status=400
+    server.enqueue(
+        json_reply(
+            {"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}, status=400
+        )
     )
-    server.reply({}, hang=True)
+    server.enqueue(json_reply({}, hang=True))
     with pytest.raises(InvalidRequestError):
         await backend.embed(EmbeddingRequest(inputs=["a", "b"]))
     names = [getattr(task.get_coro(), "__qualname__", "") for task in asyncio.all_tasks()]
@@ -1110,10 +995,10 @@ async def test_vertex_has_no_model_listing_and_checks_with_count_tokens(
     backend = make_backend(base_url=server.url, project_id="p")
     with pytest.raises(NotSupportedError):
         await backend.models()
-    server.reply({"totalTokens": 1})
+    server.enqueue(json_reply({"totalTokens": 1}))
     health = await backend.get_health()
     assert health.available, health.error
-    assert server.requests[-1].path.endswith("/models/gemini-test:countTokens")
+    assert server.requests[-1].path_qs.endswith("/models/gemini-test:countTokens")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -1176,7 +1061,7 @@ async def test_error_statuses_map_to_the_error_tree(
 ) -> None:
     """Each Google error status maps to its SDK error, carrying the HTTP status and Google's
     status name as code; 5xx are retryable, caller errors are not."""
-    server.reply(body, status=status)
+    server.enqueue(json_reply(body, status=status))
     with pytest.raises(BackendError) as caught:
         await call(local, operation)
     assert type(caught.value) is expected
@@ -1193,7 +1078,9 @@ async def test_429_retry_delay_from_error_details(
     operation: str, server: ReplayServer, local: GeminiBackend
 ) -> None:
     """Without Retry-After, a 429's wait comes from the RetryInfo detail (``17.5s``)."""
-    server.reply(google_error(429, "RESOURCE_EXHAUSTED", "slow down", RETRY_INFO), status=429)
+    server.enqueue(
+        json_reply(google_error(429, "RESOURCE_EXHAUSTED", "slow down", RETRY_INFO), status=429)
+    )
     with pytest.raises(RateLimitedError) as caught:
         await call(local, operation)
     assert (caught.value.retry_after, caught.value.retryable) == (17.5, True)
@@ -1201,10 +1088,12 @@ async def test_429_retry_delay_from_error_details(
 
 async def test_429_retry_after_header_wins(server: ReplayServer, local: GeminiBackend) -> None:
     """A Retry-After header is preferred to the body's RetryInfo."""
-    server.reply(
-        google_error(429, "RESOURCE_EXHAUSTED", "slow down", RETRY_INFO),
-        status=429,
-        headers={"Retry-After": "3"},
+    server.enqueue(
+        json_reply(
+            google_error(429, "RESOURCE_EXHAUSTED", "slow down", RETRY_INFO),
+            status=429,
+            headers={"Retry-After": "3"},
+        )
     )
     with pytest.raises(RateLimitedError) as caught:
         await local.chat(HI)
@@ -1219,7 +1108,9 @@ async def test_429_per_day_quota_is_not_retryable(
         "@type": "type.googleapis.com/google.rpc.QuotaFailure",
         "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}],
     }
-    server.reply(google_error(429, "RESOURCE_EXHAUSTED", "quota", quota, RETRY_INFO), status=429)
+    server.enqueue(
+        json_reply(google_error(429, "RESOURCE_EXHAUSTED", "quota", quota, RETRY_INFO), status=429)
+    )
     with pytest.raises(RateLimitedError) as caught:
         await local.chat(HI)
     assert caught.value.retryable is False
@@ -1239,7 +1130,7 @@ async def test_credentials_never_leak_into_repr_or_errors(
     echo = f"API key not valid: {API_KEY} / token {TOKEN}"
     errors: list[BaseException] = []
     for backend, operation in [(studio, "chat"), (studio, "stream"), (vertex, "chat")]:
-        server.reply(google_error(403, "PERMISSION_DENIED", echo), status=403)
+        server.enqueue(json_reply(google_error(403, "PERMISSION_DENIED", echo), status=403))
         with pytest.raises(AuthenticationError) as caught:
             await call(backend, operation)
         errors.append(caught.value)
@@ -1262,13 +1153,13 @@ async def test_single_input_uses_embed_content(
 ) -> None:
     """AI Studio embeds one input with ``:embedContent`` (content + outputDimensionality) and
     reads ``embedding.values`` (no recording of this call exists)."""
-    server.reply({"embedding": {"values": [0.5, -0.25, 1]}})
+    server.enqueue(json_reply({"embedding": {"values": [0.5, -0.25, 1]}}))
     backend = make_backend(base_url=server.url, model_name="gemini-embedding-001")
     response = await backend.embed(EmbeddingRequest(inputs=["hello"], dimensions=3))
     assert response.embeddings == ((0.5, -0.25, 1.0),)
     assert (response.model, response.backend) == ("gemini-embedding-001", "gem")
     seen = server.requests[-1]
-    assert seen.path == "/v1beta/models/gemini-embedding-001:embedContent"
+    assert seen.path_qs == "/v1beta/models/gemini-embedding-001:embedContent"
     assert seen.json == {"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 3}
 
 
@@ -1281,7 +1172,7 @@ async def test_malformed_batch_embeddings(
     body: dict[str, Any], server: ReplayServer, local: GeminiBackend
 ) -> None:
     """A batch answer with the wrong count or shape raises MalformedResponseError."""
-    server.reply(body)
+    server.enqueue(json_reply(body))
     with pytest.raises(MalformedResponseError):
         await local.embed(EmbeddingRequest(inputs=["a", "b"]))
 
@@ -1290,10 +1181,12 @@ async def test_list_models_follows_pages_and_strips_prefix(
     server: ReplayServer, local: GeminiBackend
 ) -> None:
     """models() lists every page of GET /v1beta/models, names without ``models/``."""
-    server.reply({"models": [{"name": "models/a"}, {"name": "models/b"}], "nextPageToken": "t2"})
-    server.reply({"models": [{"name": "models/c"}]})
+    server.enqueue(
+        json_reply({"models": [{"name": "models/a"}, {"name": "models/b"}], "nextPageToken": "t2"})
+    )
+    server.enqueue(json_reply({"models": [{"name": "models/c"}]}))
     assert await local.models() == ["a", "b", "c"]
-    assert [r.path for r in server.requests] == [
+    assert [r.path_qs for r in server.requests] == [
         "/v1beta/models?pageSize=1000",
         "/v1beta/models?pageSize=1000&pageToken=t2",
     ]
@@ -1305,16 +1198,16 @@ async def test_health_gets_the_configured_model(
     """The AI Studio health check is GET of the configured model (proves key and model); a
     404 there makes the backend unavailable; without a model it lists models."""
     backend = make_backend(base_url=server.url)
-    server.reply({"name": "models/gemini-test"})
+    server.enqueue(json_reply({"name": "models/gemini-test"}))
     assert (await backend.get_health()).available
-    server.reply(google_error(404, "NOT_FOUND", "no such model"), status=404)
+    server.enqueue(json_reply(google_error(404, "NOT_FOUND", "no such model"), status=404))
     health = await backend.get_health()
     assert not health.available
     assert health.error is not None
     assert "ModelNotFoundError" in health.error
-    server.reply({"models": []})
+    server.enqueue(json_reply({"models": []}))
     assert (await make_backend(base_url=server.url, model_name=None).get_health()).available
-    assert [r.path for r in server.requests] == [
+    assert [r.path_qs for r in server.requests] == [
         "/v1beta/models/gemini-test",
         "/v1beta/models/gemini-test",
         "/v1beta/models?pageSize=1000",

@@ -3,12 +3,9 @@ embeddings, models and error mapping."""
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import itertools
 import json
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,8 +13,6 @@ from typing import Any, NamedTuple
 import aiohttp
 import attrs
 import pytest
-import yaml
-from aiohttp import web
 from aioresponses import aioresponses
 from yarl import URL
 
@@ -48,6 +43,14 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing._replay import (
+    ReceivedRequest,
+    ReplayServer,
+    ScriptedReply,
+    json_reply,
+    load_wire_fixture,
+    split_awkwardly,
+)
 
 API_KEY = "ollama-test-SECRET-0123456789"
 HI = ChatRequest(messages=[ChatMessage.user("hi")])
@@ -58,130 +61,46 @@ _OLLAMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "wir
 OLLAMA_CASES = sorted(path.stem for path in _OLLAMA_DIR.glob("*.yaml"))
 
 
+#: The models the loopback Ollama has pulled.
+MODELS = ("llama3:latest", "nomic-embed-text:latest")
+
+
 # --- a loopback Ollama server ----------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class Recorded:
-    """A request the loopback server received."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-
-
-@attrs.frozen(kw_only=True)
-class Reply:
-    """A scripted answer: ``chunks`` written one write each (a frame may span writes); with
-    ``cut`` the connection is dropped afterwards instead of finishing the body."""
-
-    chunks: tuple[bytes, ...]
-    status: int = 200
-    content_type: str = "application/x-ndjson"
-    headers: dict[str, str] = attrs.field(factory=dict)
-    cut: bool = False
-
-
-def raw_reply(*chunks: bytes, content_type: str = "application/x-ndjson") -> Reply:
-    return Reply(chunks=chunks, content_type=content_type)
-
-
-def raw(*lines: dict[str, Any]) -> Reply:
-    """An NDJSON body of ``lines`` in one write."""
-    return raw_reply(ndjson(*lines))
-
-
-def json_reply(answer: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    body = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
-    return Reply(
-        chunks=(body,), status=status, content_type="application/json", headers=headers or {}
-    )
 
 
 def ndjson(*lines: dict[str, Any]) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-async def write_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
-    response = web.StreamResponse(status=reply.status, headers=reply.headers)
-    response.content_type = reply.content_type
-    await response.prepare(request)
-    try:
-        for chunk in reply.chunks:
-            await response.write(chunk)
-            # Yield so the client reads this write on its own instead of coalesced.
-            for _ in range(3):
-                await asyncio.sleep(0)
-        if reply.cut:
-            assert request.transport is not None
-            request.transport.abort()
-            return response
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client stopped reading (e.g. after a parse error)
-    return response
+def ndjson_reply(*pieces: bytes, **options: Any) -> ScriptedReply:
+    """An NDJSON answer written as ``pieces``, one write each (a line may span writes)."""
+    return ScriptedReply(pieces=pieces, content_type="application/x-ndjson", **options)
 
 
-class OllamaServer:
-    """A real aiohttp server on 127.0.0.1 speaking Ollama's API from a script of replies.
+def raw(*lines: dict[str, Any]) -> ScriptedReply:
+    """An NDJSON body of ``lines`` in one write."""
+    return ndjson_reply(ndjson(*lines))
 
-    POST endpoints answer with the next queued reply, else a default answer; every request
-    is recorded.
-    """
 
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.queue: deque[Reply] = deque()
-        self.models = ("llama3:latest", "nomic-embed-text:latest")
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
+def error_reply(
+    status: int, body: Any = None, headers: dict[str, str] | None = None
+) -> ScriptedReply:
+    """An HTTP error with Ollama's ``{"error": ...}`` body (a text body is sent as it is)."""
+    body = body or {"error": f"fake error {status}"}
+    if isinstance(body, str):
+        return ScriptedReply(pieces=body, status=status, headers=headers or {})
+    return json_reply(body, status=status, headers=headers or {})
 
-    async def __aenter__(self) -> OllamaServer:
-        app = web.Application()
-        app.router.add_post("/api/chat", self._chat)
-        app.router.add_post("/api/embed", self._embed)
-        app.router.add_get("/api/tags", self._tags)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def enqueue(self, *replies: Reply) -> None:
-        self.queue.extend(replies)
-
-    def enqueue_error(
-        self, status: int, body: Any = None, headers: dict[str, str] | None = None
-    ) -> None:
-        self.enqueue(json_reply(body or {"error": f"fake error {status}"}, status, headers))
-
-    async def _record(self, request: web.Request) -> Any:
-        body = json.loads(await request.read()) if request.can_read_body else None
-        self.requests.append(
-            Recorded(
-                method=request.method, path=request.path, headers=dict(request.headers), json=body
-            )
-        )
-        return body
-
-    async def _scripted(self, request: web.Request) -> web.StreamResponse | None:
-        if not self.queue:
-            return None
-        reply = self.queue.popleft()
-        return await write_reply(request, reply)
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        if (scripted := await self._scripted(request)) is not None:
-            return scripted
+def ollama_api(request: ReceivedRequest) -> ScriptedReply:
+    """What a healthy Ollama answers to ``/api/chat`` (streamed or not), ``/api/embed`` and
+    ``/api/tags`` when nothing is scripted."""
+    body = request.json
+    route = (request.method, request.path)
+    if route == ("POST", "/api/chat"):
         model = body["model"]
         if not body["stream"]:
-            return web.json_response(
+            return json_reply(
                 {
                     "model": model,
                     "message": {"role": "assistant", "content": "Hello there"},
@@ -203,49 +122,36 @@ class OllamaServer:
                 "eval_count": 2,
             },
         ]
-        return await write_reply(request, raw(*lines))
-
-    async def _embed(self, request: web.Request) -> web.StreamResponse:
-        body = await self._record(request)
-        if (scripted := await self._scripted(request)) is not None:
-            return scripted
+        return raw(*lines)
+    if route == ("POST", "/api/embed"):
         size = body.get("dimensions", 3)
         vectors = [[float(len(text) + i) for i in range(size)] for text in body["input"]]
         tokens = sum(len(text.split()) for text in body["input"])
-        return web.json_response(
+        return json_reply(
             {"model": body["model"], "embeddings": vectors, "prompt_eval_count": tokens}
         )
-
-    async def _tags(self, request: web.Request) -> web.StreamResponse:
-        await self._record(request)
-        if (scripted := await self._scripted(request)) is not None:
-            return scripted
-        models = [{"name": name, "model": name, "size": 1} for name in self.models]
-        return web.json_response({"models": models})
+    if route == ("GET", "/api/tags"):
+        return json_reply({"models": [{"name": name, "model": name, "size": 1} for name in MODELS]})
+    return ScriptedReply(pieces="404 page not found", status=404, content_type="text/plain")
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[OllamaServer]:
-    async with OllamaServer() as fake:
-        yield fake
+def server(replay_server: ReplayServer) -> ReplayServer:
+    """The loopback Ollama: scripted replies first, else what a healthy Ollama answers."""
+    replay_server.default = ollama_api
+    return replay_server
 
 
 BackendFactory = Callable[..., OllamaBackend]
 
 
 @pytest.fixture
-def make_backend(session: aiohttp.ClientSession, server: OllamaServer) -> BackendFactory:
+def make_backend(session: aiohttp.ClientSession, server: ReplayServer) -> BackendFactory:
     def build(**overrides: Any) -> OllamaBackend:
         options: dict[str, Any] = {
             "name": "ol",
             "type": "ollama",
-            "base_url": server.base_url,
+            "base_url": server.url,
             "model_name": "llama3",
             "timeout_seconds": 10.0,
         }
@@ -317,8 +223,7 @@ def assemble(events: list[StreamEvent]) -> Expected:
 
 
 def load_case(wire_dir: Path, case: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((wire_dir / "ollama" / f"{case}.yaml").read_text())
-    return loaded
+    return load_wire_fixture(wire_dir / "ollama" / f"{case}.yaml")
 
 
 def request_from_recording(body: dict[str, Any]) -> ChatRequest:
@@ -492,35 +397,26 @@ def awkward_pieces(body: str, *, crlf: bool = False) -> list[bytes]:
     text = body.replace("}\n{", "}\n\n{")
     if crlf:
         text = text.replace("\n", "\r\n")
-    data = text.encode()
-    cuts: set[int] = set()
-    position, sizes = 0, (1, 2, 5, 11, 23, 57, 3, 131)
-    while position < len(data):
-        position += sizes[len(cuts) % len(sizes)]
-        cuts.add(position)
-    if crlf:
-        cuts.update(i + 1 for i in range(len(data)) if data[i : i + 2] == b"\r\n")
-    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+    return split_awkwardly(text.encode())
 
 
 @pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
 async def test_recorded_stream_split_at_awkward_offsets(
-    crlf: bool, wire_dir: Path, server: OllamaServer, make_backend: BackendFactory
+    crlf: bool, wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The recorded NDJSON stream cut across many TCP writes at awkward offsets, with blank
     lines (and CRLF line ends) mixed in, parses to exactly what the recording says."""
     body = load_case(wire_dir, "chat_stream")["response"]["body"]
     pieces = awkward_pieces(body, crlf=crlf)
     assert len(pieces) > 20
-    server.enqueue(raw_reply(*pieces))
+    server.enqueue(ndjson_reply(*pieces))
     events = await collect(make_backend())
     assert assemble(events) == expected_from_ndjson(body)
     assert server.requests[-1].json["stream"] is True
 
 
 async def test_multibyte_text_split_inside_a_character(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A UTF-8 character cut between two writes still decodes to the right text."""
     body = (
@@ -529,19 +425,19 @@ async def test_multibyte_text_split_inside_a_character(
         '"done_reason":"stop"}\n'
     ).encode()
     cut = body.index("✓".encode()) + 1
-    server.enqueue(raw_reply(body[:cut], body[cut:]))
+    server.enqueue(ndjson_reply(body[:cut], body[cut:]))
     assert assemble(await collect(make_backend())).text == "héllo ✓"
 
 
 async def test_body_ending_without_done_raises_stream_interrupted(
-    wire_dir: Path, server: OllamaServer, make_backend: BackendFactory
+    wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A body that ends cleanly before the ``done: true`` line raises StreamInterruptedError
     with the text delivered so far; it is never presented as a normal end."""
     body = load_case(wire_dir, "chat_stream")["response"]["body"]
     lines = body.splitlines(keepends=True)
     partial = "".join(lines[:-2])
-    server.enqueue(raw_reply(partial.encode()))
+    server.enqueue(ndjson_reply(partial.encode()))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(make_backend())
     expected = "".join(json.loads(line)["message"]["content"] for line in lines[:-2])
@@ -550,21 +446,21 @@ async def test_body_ending_without_done_raises_stream_interrupted(
 
 
 async def test_empty_body_is_a_retryable_failure(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A stream with neither content nor ``done`` is an ordinary, retryable failed attempt."""
-    server.enqueue(raw_reply(b""))
+    server.enqueue(ndjson_reply(b""))
     with pytest.raises(BackendUnavailableError) as caught:
         await collect(make_backend())
     assert caught.value.retryable
 
 
 async def test_connection_cut_mid_answer_raises_stream_interrupted(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A connection dropped after two lines raises StreamInterruptedError with their text."""
     line = {"model": "m", "message": {"role": "assistant", "content": "ab"}, "done": False}
-    server.enqueue(Reply(chunks=(ndjson(line), ndjson(line)), cut=True))
+    server.enqueue(ndjson_reply(ndjson(line), ndjson(line), cut=True))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(make_backend())
     assert caught.value.partial_text == "abab"
@@ -580,7 +476,7 @@ async def test_connection_cut_mid_answer_raises_stream_interrupted(
     ],
 )
 async def test_error_line_before_content_raises_the_mapped_error(
-    message: str, expected: type[BackendError], server: OllamaServer, make_backend: BackendFactory
+    message: str, expected: type[BackendError], server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """An ``{"error": ...}`` line after the 200 status raises the error it describes."""
     server.enqueue(raw({"error": message}))
@@ -591,7 +487,7 @@ async def test_error_line_before_content_raises_the_mapped_error(
 
 
 async def test_error_line_after_content_is_an_interruption(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """After text reached the caller, an error line is a cut stream caused by that error."""
     server.enqueue(
@@ -612,21 +508,21 @@ async def test_error_line_after_content_is_an_interruption(
     ids=["cut-json", "not-an-object", "message-not-object"],
 )
 async def test_malformed_line_raises_malformed_response(
-    body: bytes, server: OllamaServer, make_backend: BackendFactory
+    body: bytes, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A line that is not a well-formed answer object raises MalformedResponseError."""
-    server.enqueue(raw_reply(body))
+    server.enqueue(ndjson_reply(body))
     with pytest.raises(MalformedResponseError) as caught:
         await collect(make_backend())
     assert "KeyError" not in str(caught.value)
 
 
 async def test_malformed_line_amid_a_healthy_stream_is_skipped_and_counted(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """After content, one line that is not JSON is skipped; the count comes with the finish."""
     server.enqueue(
-        raw_reply(
+        ndjson_reply(
             ndjson({"model": "m", "message": {"content": "Hel"}, "done": False}),
             b'{"model": "m", "message": {"content": \n',
             ndjson(
@@ -642,7 +538,7 @@ async def test_malformed_line_amid_a_healthy_stream_is_skipped_and_counted(
 
 
 async def test_lines_after_done_are_ignored(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The ``done: true`` line ends the answer: one FinishEvent, nothing read after it."""
     server.enqueue(
@@ -661,7 +557,7 @@ WEATHER_CALL = {"function": {"name": "get_weather", "arguments": {"city": "Paris
 
 
 async def test_tool_call_answer_gets_stable_ids_and_json_arguments(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Tool calls (arguments as an object, no id) become ToolCalls with JSON-text arguments and
     generated ids that are stable across calls; finish reason tool_calls, raw ``stop`` kept."""
@@ -687,7 +583,7 @@ async def test_tool_call_answer_gets_stable_ids_and_json_arguments(
 
 
 async def test_streamed_tool_calls_match_the_whole_answer(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Streamed tool calls arrive whole as ToolCallDeltas (index per call) with the same
     ids as the non-streamed answer would give; an id sent by Ollama is kept."""
@@ -715,7 +611,7 @@ async def test_streamed_tool_calls_match_the_whole_answer(
 
 
 async def test_tool_round_trip_request_shape(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Assistant tool calls are sent as ``{function: {name, arguments: <object>}}`` and a tool
     result carries ``tool_name`` (its own name, else the name of the call whose id it
@@ -767,7 +663,7 @@ async def test_tool_round_trip_request_shape(
 
 
 async def test_tool_choice_none_sends_no_tools(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Ollama has no tool_choice; ``none`` is honoured by not offering the tools."""
     request = attrs.evolve(HI, tools=[ToolDefinition(name="f")], tool_choice="none")
@@ -776,7 +672,7 @@ async def test_tool_choice_none_sends_no_tools(
 
 
 async def test_invalid_tool_arguments_in_history_fail_before_io(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A history tool call whose arguments are not JSON is a caller error; nothing is sent."""
     bad = ChatMessage.assistant(tool_calls=[ToolCall(id="c", name="f", arguments="{oops")])
@@ -789,7 +685,7 @@ async def test_invalid_tool_arguments_in_history_fail_before_io(
 
 
 async def test_chat_body_maps_every_parameter(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Sampling parameters go into ``options`` under Ollama's names (max_tokens ->
     num_predict), ``stream: false`` is explicit, json_object becomes ``format: "json"``,
@@ -845,7 +741,7 @@ SCHEMA = {"type": "object", "properties": {"age": {"type": "integer"}}, "require
 async def test_response_format_becomes_format(
     response_format: dict[str, Any],
     expected: Any,
-    server: OllamaServer,
+    server: ReplayServer,
     make_backend: BackendFactory,
 ) -> None:
     """A JSON schema (OpenAI json_schema shape or bare) is sent as ``format``; text sends none."""
@@ -859,7 +755,7 @@ async def test_response_format_becomes_format(
     ids=["schema-missing", "unknown-type"],
 )
 async def test_unusable_response_format_fails_before_io(
-    response_format: dict[str, Any], server: OllamaServer, make_backend: BackendFactory
+    response_format: dict[str, Any], server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A response_format Ollama cannot express raises InvalidRequestError; nothing is sent."""
     with pytest.raises(InvalidRequestError):
@@ -888,7 +784,7 @@ def test_default_base_url_and_capabilities(session: aiohttp.ClientSession) -> No
 
 
 async def test_embeddings_in_input_order_with_dimensions(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """``/api/embed`` gets the input list (and ``dimensions``); one vector per input comes
     back in order, with ``prompt_eval_count`` as the prompt tokens."""
@@ -913,7 +809,7 @@ async def test_embeddings_in_input_order_with_dimensions(
     ids=["too-few", "not-numbers", "missing", "not-an-object"],
 )
 async def test_malformed_embeddings_raise_malformed_response(
-    answer: Any, server: OllamaServer, make_backend: BackendFactory
+    answer: Any, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Missing, miscounted or non-numeric vectors raise MalformedResponseError."""
     server.enqueue(json_reply(answer))
@@ -922,14 +818,14 @@ async def test_malformed_embeddings_raise_malformed_response(
 
 
 async def test_models_and_availability_use_api_tags(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """``models()`` lists ``models[].name`` from GET /api/tags, which is also the health check;
     a 503 there makes the backend unavailable."""
     backend = make_backend()
-    assert await backend.models() == list(server.models)
+    assert await backend.models() == list(MODELS)
     assert (await backend.get_health()).available
-    server.enqueue_error(503)
+    server.enqueue(error_reply(503))
     health = await backend.get_health()
     assert not health.available
     assert health.error is not None
@@ -937,7 +833,7 @@ async def test_models_and_availability_use_api_tags(
     assert [(r.method, r.path) for r in server.requests] == [("GET", "/api/tags")] * 3
 
 
-async def test_malformed_model_list(server: OllamaServer, make_backend: BackendFactory) -> None:
+async def test_malformed_model_list(server: ReplayServer, make_backend: BackendFactory) -> None:
     """A tags answer without a models array raises MalformedResponseError."""
     server.enqueue(json_reply({"tags": []}))
     with pytest.raises(MalformedResponseError):
@@ -975,11 +871,11 @@ async def test_error_status_mapping(
     body: Any,
     expected: type[BackendError],
     retryable: bool,
-    server: OllamaServer,
+    server: ReplayServer,
     make_backend: BackendFactory,
 ) -> None:
     """Each HTTP error status maps to its SDK error, with the status and Ollama's message."""
-    server.enqueue_error(status, body)
+    server.enqueue(error_reply(status, body))
     with pytest.raises(BackendError) as caught:
         await call(make_backend(), operation)
     assert type(caught.value) is expected
@@ -989,13 +885,13 @@ async def test_error_status_mapping(
 
 @OPERATIONS
 async def test_429_retry_after(
-    operation: str, server: OllamaServer, make_backend: BackendFactory
+    operation: str, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """HTTP 429 raises a retryable RateLimitedError honouring Retry-After (seconds or date)."""
     when = datetime.now(UTC) + timedelta(seconds=120)
-    server.enqueue_error(429, headers={"Retry-After": "7"})
-    server.enqueue_error(
-        429, headers={"Retry-After": email.utils.format_datetime(when, usegmt=True)}
+    server.enqueue(error_reply(429, headers={"Retry-After": "7"}))
+    server.enqueue(
+        error_reply(429, headers={"Retry-After": email.utils.format_datetime(when, usegmt=True)})
     )
     backend = make_backend()
     with pytest.raises(RateLimitedError) as seconds:
@@ -1011,16 +907,16 @@ async def test_429_retry_after(
     "body", [b"{not json", b"[]", b'{"message": 3}', b'{"message": {"tool_calls": {}}}']
 )
 async def test_malformed_answer_raises_malformed_response(
-    body: bytes, server: OllamaServer, make_backend: BackendFactory
+    body: bytes, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """An unparsable or wrongly shaped chat answer raises MalformedResponseError."""
-    server.enqueue(raw_reply(body, content_type="application/json"))
+    server.enqueue(ScriptedReply(pieces=body))
     with pytest.raises(MalformedResponseError):
         await make_backend().chat(HI)
 
 
 async def test_error_object_with_200_status_is_mapped(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A non-streamed ``{"error": ...}`` answer with status 200 raises the mapped error."""
     server.enqueue(json_reply({"error": "model 'x' not found"}))
@@ -1033,8 +929,8 @@ async def test_connection_refused_is_unavailable(
     operation: str, make_backend: BackendFactory
 ) -> None:
     """A port nobody listens on raises BackendUnavailableError and fails the health check."""
-    async with OllamaServer() as stopped:
-        url = stopped.base_url
+    async with ReplayServer() as stopped:
+        url = stopped.url
     backend = make_backend(base_url=url)
     with pytest.raises(BackendUnavailableError):
         await call(backend, operation)
@@ -1042,12 +938,12 @@ async def test_connection_refused_is_unavailable(
 
 
 async def test_api_key_is_sent_but_never_leaks(
-    server: OllamaServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A configured key goes out as a Bearer token, and never appears in repr(backend) or in
     errors, even when a proxy echoes it back; without a key no Authorization is sent."""
     backend = make_backend(api_key=API_KEY)
-    server.enqueue_error(401, {"error": f"bad key {API_KEY}"})
+    server.enqueue(error_reply(401, {"error": f"bad key {API_KEY}"}))
     server.enqueue(raw({"error": f"bad key {API_KEY}"}))
     errors: list[BaseException] = []
     for operation in ("chat", "stream"):

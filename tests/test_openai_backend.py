@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import itertools
 import json
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +13,6 @@ from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
-import yaml
 from aioresponses import aioresponses
 from yarl import URL
 
@@ -45,8 +43,8 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
-from llmbackend.testing._fake_behavior import Behavior
-from llmbackend.testing._fake_openai import FakeOpenAIServer
+from llmbackend.testing import Behavior, FakeOpenAIServer
+from llmbackend.testing._replay import awkward_sse, load_wire_fixture, sse_body
 
 API_KEY = "sk-test-SECRET-0123456789"
 OPENAI_CASES = (
@@ -70,12 +68,6 @@ HI = ChatRequest(messages=[ChatMessage.user("hi")])
 
 
 # --- fixtures and helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 @pytest.fixture
@@ -104,8 +96,7 @@ def make_backend(session: aiohttp.ClientSession) -> BackendFactory:
 
 
 def load_case(wire_dir: Path, case: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((wire_dir / "openai" / f"{case}.yaml").read_text())
-    return loaded
+    return load_wire_fixture(wire_dir / "openai" / f"{case}.yaml")
 
 
 def recorded_functions(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -260,33 +251,6 @@ async def collect(backend: OpenAIBackend, request: ChatRequest = HI) -> list[Str
     return [event async for event in backend.stream(request)]
 
 
-def awkward_pieces(body: str, *, crlf: bool = False) -> list[bytes]:
-    """``body`` with keep-alive comments between events, cut at awkward byte offsets.
-
-    Offsets cycle through small primes, so frames, ``data:`` prefixes and JSON are cut
-    mid-way; with ``crlf`` some cuts fall between a CR and its LF.
-    """
-    text = ": keep-alive\n\n" + body.replace("\n\ndata:", "\n\n: keep-alive\n\ndata:")
-    if crlf:
-        text = text.replace("\n", "\r\n")
-    data = text.encode()
-    cuts: set[int] = set()
-    position, sizes = 0, (1, 2, 5, 11, 23, 57, 3, 131)
-    while position < len(data):
-        position += sizes[len(cuts) % len(sizes)]
-        cuts.add(position)
-    if crlf:
-        cuts.update(i + 1 for i in range(len(data)) if data[i : i + 2] == b"\r\n")
-    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def sse(*chunks: dict[str, Any] | str) -> bytes:
-    """An SSE body from JSON chunks (or raw data strings such as ``[DONE]``)."""
-    frames = [c if isinstance(c, str) else json.dumps(c) for c in chunks]
-    return "".join(f"data: {frame}\n\n" for frame in frames).encode()
-
-
 def delta_chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
     return {"model": "m-1", "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
 
@@ -394,7 +358,7 @@ async def test_recorded_stream_split_at_awkward_offsets(
     """A recorded stream cut across many TCP writes at awkward offsets, with keep-alive
     comments (and CRLF line ends) mixed in, parses to exactly what the recording says."""
     body = load_case(wire_dir, case)["response"]["body"]
-    pieces = awkward_pieces(body, crlf=crlf)
+    pieces = awkward_sse(body, crlf=crlf)
     assert len(pieces) > 20
     server.enqueue(Behavior.raw(pieces))
     events = await collect(make_backend(base_url=server.base_url))
@@ -411,7 +375,7 @@ async def test_stream_tool_call_fragments_assemble_to_the_recorded_call(
         load_case(wire_dir, "chat_completion_stream_after_tool_result")["request"]["body"]
     )
     sent_back = next(m for m in follow_up["messages"] if m.get("tool_calls"))["tool_calls"][0]
-    server.enqueue(Behavior.raw(awkward_pieces(body)))
+    server.enqueue(Behavior.raw(awkward_sse(body)))
     result = assemble(await collect(make_backend(base_url=server.base_url)))
     [(call_id, name, arguments)] = result.tool_calls
     assert call_id == sent_back["id"]
@@ -425,7 +389,7 @@ async def test_multibyte_text_split_inside_a_character(
 ) -> None:
     """A UTF-8 character cut between two writes still decodes to the right text."""
     body = (
-        sse(delta_chunk({"content": "héllo ✓"}, None), delta_chunk({}, "stop"), "[DONE]")
+        sse_body(delta_chunk({"content": "héllo ✓"}, None), delta_chunk({}, "stop"), "[DONE]")
         .replace(b"\\u00e9", "é".encode())
         .replace(b"\\u2713", "✓".encode())
     )
@@ -502,11 +466,16 @@ async def test_malformed_frame_amid_a_healthy_stream_is_skipped_and_counted(
 
     def delta(text: str, reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": {"content": text}, "finish_reason": reason}
-        return sse(json.dumps({"model": "m", "choices": [choice]}))
+        return sse_body(json.dumps({"model": "m", "choices": [choice]}))
 
     server.enqueue(
         Behavior.raw(
-            [delta("Hel"), b'data: {"choices": [{"delta": \n\n', delta("lo", "stop"), sse("[DONE]")]
+            [
+                delta("Hel"),
+                b'data: {"choices": [{"delta": \n\n',
+                delta("lo", "stop"),
+                sse_body("[DONE]"),
+            ]
         )
     )
     events = await collect(make_backend(base_url=server.base_url))
@@ -525,7 +494,7 @@ async def test_wrongly_shaped_chunk_raises_malformed_response(
     chunk: Any, server: FakeOpenAIServer, make_backend: BackendFactory
 ) -> None:
     """Valid JSON in the wrong shape raises MalformedResponseError, never KeyError/TypeError."""
-    server.enqueue(Behavior.raw([sse(json.dumps(chunk))]))
+    server.enqueue(Behavior.raw([sse_body(json.dumps(chunk))]))
     with pytest.raises(MalformedResponseError):
         await collect(make_backend(base_url=server.base_url))
 
@@ -545,7 +514,7 @@ async def test_error_chunk_mid_stream_raises_the_mapped_error(
     make_backend: BackendFactory,
 ) -> None:
     """An ``{"error": ...}`` frame after the 200 status raises the error it describes."""
-    server.enqueue(Behavior.raw([sse(delta_chunk({"role": "assistant"}), {"error": error})]))
+    server.enqueue(Behavior.raw([sse_body(delta_chunk({"role": "assistant"}), {"error": error})]))
     with pytest.raises(expected) as caught:
         await collect(make_backend(base_url=server.base_url))
     assert type(caught.value) is expected
@@ -556,7 +525,7 @@ async def test_stream_refusal_raises_content_filtered(
     server: FakeOpenAIServer, make_backend: BackendFactory
 ) -> None:
     """A streamed refusal with no content raises ContentFilteredError carrying the refusal."""
-    body = sse(
+    body = sse_body(
         delta_chunk({"role": "assistant", "refusal": "I can't "}),
         delta_chunk({"refusal": "help with that."}),
         delta_chunk({}, "stop"),
@@ -572,7 +541,7 @@ async def test_done_without_finish_reason_still_finishes_once(
     server: FakeOpenAIServer, make_backend: BackendFactory
 ) -> None:
     """``[DONE]`` is the protocol's explicit end: one FinishEvent (reason unknown) follows."""
-    server.enqueue(Behavior.raw([sse(delta_chunk({"content": "ok"}), "[DONE]")]))
+    server.enqueue(Behavior.raw([sse_body(delta_chunk({"content": "ok"}), "[DONE]")]))
     events = await collect(make_backend(base_url=server.base_url))
     finish = events[-1]
     assert isinstance(finish, FinishEvent)
@@ -727,7 +696,9 @@ async def test_api_key_never_leaks_into_repr_or_errors(
         "error": {"message": f"Incorrect API key provided: {API_KEY}", "code": "invalid_api_key"}
     }
     server.enqueue_error(401, echo)
-    server.enqueue(Behavior.raw([sse({"error": echo["error"] | {"type": "authentication_error"}})]))
+    server.enqueue(
+        Behavior.raw([sse_body({"error": echo["error"] | {"type": "authentication_error"}})])
+    )
     errors: list[BaseException] = []
     for operation in ("chat", "stream"):
         with pytest.raises(AuthenticationError) as caught:

@@ -4,11 +4,8 @@ selects it with ``custom_backend_type``."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import sys
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,8 +13,6 @@ from typing import Any, NamedTuple
 import aiohttp
 import attrs
 import pytest
-import yaml
-from aiohttp import web
 from aioresponses import aioresponses
 from llmbackend_mistral import MISTRAL_BASE_URL, MistralBackend, MistralPlugin
 from yarl import URL
@@ -52,7 +47,17 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
-from llmbackend.testing import assert_valid_plugin
+from llmbackend.testing import (
+    ReceivedRequest,
+    ReplayServer,
+    ScriptedReply,
+    assert_valid_plugin,
+    awkward_sse,
+    json_reply,
+    load_wire_fixture,
+    sse_body,
+    sse_reply,
+)
 
 pytest_plugins = ["llmbackend.testing.pytest_plugin"]
 
@@ -74,41 +79,6 @@ def wire_dir() -> Path:
 # --- a loopback Mistral server --------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class Recorded:
-    """A request the loopback server received."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-
-
-@attrs.frozen(kw_only=True)
-class Reply:
-    """A scripted answer: ``chunks`` written one write each (a frame may span writes)."""
-
-    chunks: tuple[bytes, ...]
-    status: int = 200
-    content_type: str = "text/event-stream"
-    headers: dict[str, str] = attrs.field(factory=dict)
-    cut: bool = False
-
-
-def sse(*frames: dict[str, Any] | str) -> bytes:
-    """An SSE body of JSON chunks (or raw data such as ``[DONE]``)."""
-    return "".join(
-        f"data: {f if isinstance(f, str) else json.dumps(f)}\n\n" for f in frames
-    ).encode()
-
-
-def json_reply(answer: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    body = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
-    return Reply(
-        chunks=(body,), status=status, content_type="application/json", headers=headers or {}
-    )
-
-
 def chunk(delta: dict[str, Any], reason: str | None = None, **extra: Any) -> dict[str, Any]:
     choice = {"index": 0, "delta": delta, "finish_reason": reason}
     return {"id": "c", "model": "mistral-small-latest", "choices": [choice], **extra}
@@ -117,60 +87,20 @@ def chunk(delta: dict[str, Any], reason: str | None = None, **extra: Any) -> dic
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 
 
-class MistralServer:
-    """A real aiohttp server on 127.0.0.1 speaking Mistral's API from a script of replies
-    (default: a short Mistral-shaped answer); every request is recorded."""
-
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.queue: deque[Reply] = deque()
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
-
-    async def __aenter__(self) -> MistralServer:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/embeddings", self._embeddings)
-        app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def enqueue(self, *replies: Reply) -> None:
-        self.queue.extend(replies)
-
-    async def _answer(self, request: web.Request, default: Reply) -> web.StreamResponse:
-        body = json.loads(await request.read()) if request.can_read_body else None
-        self.requests.append(
-            Recorded(
-                method=request.method, path=request.path, headers=dict(request.headers), json=body
+def mistral_api(request: ReceivedRequest) -> ScriptedReply:
+    """What Mistral answers to chat (a short answer, streamed when asked for), embeddings and
+    the model list when nothing is scripted."""
+    route = (request.method, request.path)
+    if route == ("POST", "/v1/chat/completions"):
+        if request.headers.get("Accept") == "text/event-stream":
+            return sse_reply(
+                sse_body(
+                    chunk({"role": "assistant", "content": "Bon"}),
+                    chunk({"content": "jour!"}),
+                    chunk({"content": ""}, "stop", usage=USAGE),
+                    "[DONE]",
+                )
             )
-        )
-        reply = self.queue.popleft() if self.queue else default
-        response = web.StreamResponse(status=reply.status, headers=reply.headers)
-        response.content_type = reply.content_type
-        await response.prepare(request)
-        try:
-            for piece in reply.chunks:
-                await response.write(piece)
-                for _ in range(3):  # let the client read this write on its own
-                    await asyncio.sleep(0)
-            if reply.cut:
-                assert request.transport is not None
-                request.transport.abort()
-                return response
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client stopped reading (e.g. after a parse error)
-        return response
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
         answer = {
             "id": "c",
             "object": "chat.completion",
@@ -184,26 +114,14 @@ class MistralServer:
             ],
             "usage": USAGE,
         }
-        default = json_reply(answer)
-        if request.headers.get("Accept") == "text/event-stream":
-            default = Reply(
-                chunks=(
-                    sse(
-                        chunk({"role": "assistant", "content": "Bon"}),
-                        chunk({"content": "jour!"}),
-                        chunk({"content": ""}, "stop", usage=USAGE),
-                        "[DONE]",
-                    ),
-                )
-            )
-        return await self._answer(request, default)
-
-    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._answer(request, json_reply({"data": []}))
-
-    async def _models(self, request: web.Request) -> web.StreamResponse:
-        models = {"object": "list", "data": [{"id": "mistral-small-latest"}, {"id": "codestral"}]}
-        return await self._answer(request, json_reply(models))
+        return json_reply(answer)
+    if route == ("POST", "/v1/embeddings"):
+        return json_reply({"data": []})
+    if route == ("GET", "/v1/models"):
+        return json_reply(
+            {"object": "list", "data": [{"id": "mistral-small-latest"}, {"id": "codestral"}]}
+        )
+    return json_reply({"message": "Not Found"}, status=404)
 
 
 @pytest.fixture
@@ -213,21 +131,23 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[MistralServer]:
-    async with MistralServer() as fake:
-        yield fake
+async def server() -> AsyncIterator[ReplayServer]:
+    """A loopback Mistral (its API under ``/v1``): scripted replies first, else
+    :func:`mistral_api`; every request is recorded."""
+    async with ReplayServer(default=mistral_api) as replay:
+        yield replay
 
 
 BackendFactory = Callable[..., MistralBackend]
 
 
 @pytest.fixture
-def make_backend(session: aiohttp.ClientSession, server: MistralServer) -> BackendFactory:
+def make_backend(session: aiohttp.ClientSession, server: ReplayServer) -> BackendFactory:
     def build(**overrides: Any) -> MistralBackend:
         options: dict[str, Any] = {
             "name": "mis",
             "custom_backend_type": "mistral",
-            "base_url": server.base_url,
+            "base_url": f"{server.url}/v1",
             "api_key": API_KEY,
             "model_name": "mistral-small-latest",
             "timeout_seconds": 10.0,
@@ -324,8 +244,7 @@ def assemble(events: list[StreamEvent]) -> Expected:
 
 
 def load_case(wire_dir: Path, case: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((wire_dir / "mistral" / f"{case}.yaml").read_text())
-    return loaded
+    return load_wire_fixture(wire_dir / "mistral" / f"{case}.yaml")
 
 
 def request_from_recording(body: dict[str, Any]) -> ChatRequest:
@@ -518,34 +437,17 @@ async def test_recorded_interaction_conformance(
 # --- (b) streams over a real loopback server ------------------------------------------------------
 
 
-def awkward_pieces(body: str, *, crlf: bool = False) -> list[bytes]:
-    """``body`` with keep-alive comments between events, cut at awkward byte offsets."""
-    text = ": keep-alive\n\n" + body.replace("\n\ndata:", "\n\n: keep-alive\n\ndata:")
-    if crlf:
-        text = text.replace("\n", "\r\n")
-    data = text.encode()
-    cuts: set[int] = set()
-    position, sizes = 0, (1, 2, 5, 11, 23, 57, 3, 131)
-    while position < len(data):
-        position += sizes[len(cuts) % len(sizes)]
-        cuts.add(position)
-    if crlf:
-        cuts.update(i + 1 for i in range(len(data)) if data[i : i + 2] == b"\r\n")
-    bounds = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
 @pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
 @pytest.mark.parametrize("case", STREAM_CASES)
 async def test_recorded_stream_split_at_awkward_offsets(
-    case: str, crlf: bool, wire_dir: Path, server: MistralServer, make_backend: BackendFactory
+    case: str, crlf: bool, wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A recorded stream cut across many TCP writes at awkward offsets, with keep-alive
     comments (and CRLF line ends) mixed in, parses to exactly what the recording says."""
     body = load_case(wire_dir, case)["response"]["body"]
-    pieces = awkward_pieces(body, crlf=crlf)
+    pieces = awkward_sse(body, crlf=crlf)
     assert len(pieces) > 20
-    server.enqueue(Reply(chunks=tuple(pieces)))
+    server.enqueue(sse_reply(pieces))
     events = await collect(make_backend())
     assert assemble(events) == expected_from_sse(body)
     sent = server.requests[-1]
@@ -554,14 +456,14 @@ async def test_recorded_stream_split_at_awkward_offsets(
 
 
 async def test_stream_cut_before_finish_raises_stream_interrupted(
-    wire_dir: Path, server: MistralServer, make_backend: BackendFactory
+    wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A recorded stream whose body ends before the finish chunk (no [DONE]) raises
     StreamInterruptedError with the text delivered so far."""
     body = load_case(wire_dir, "chat_completion_stream")["response"]["body"]
     frames = body.split("\n\n")
     cut = next(i for i, f in enumerate(frames) if '"finish_reason":"stop"' in f)
-    server.enqueue(Reply(chunks=(("\n\n".join(frames[:cut]) + "\n\n").encode(),)))
+    server.enqueue(sse_reply("\n\n".join(frames[:cut]) + "\n\n"))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(make_backend())
     expected = expected_from_sse(body, upto=cut).text
@@ -570,10 +472,10 @@ async def test_stream_cut_before_finish_raises_stream_interrupted(
 
 
 async def test_connection_drop_mid_stream(
-    server: MistralServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A connection dropped mid-answer is a StreamInterruptedError caused by the transport."""
-    server.enqueue(Reply(chunks=(sse(chunk({"content": "Bon"})),), cut=True))
+    server.enqueue(sse_reply(sse_body(chunk({"content": "Bon"})), cut=True))
     with pytest.raises(StreamInterruptedError) as caught:
         await collect(make_backend())
     assert caught.value.partial_text == "Bon"
@@ -584,7 +486,7 @@ async def test_connection_drop_mid_stream(
     ("raw", "reason"), [("model_length", FinishReason.LENGTH), ("error", FinishReason.ERROR)]
 )
 async def test_mistral_finish_reasons_are_normalised(
-    raw: str, reason: FinishReason, server: MistralServer, make_backend: BackendFactory
+    raw: str, reason: FinishReason, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Mistral's own finish reasons map to the SDK's (raw value kept), streamed or not."""
     answer = {
@@ -594,7 +496,7 @@ async def test_mistral_finish_reasons_are_normalised(
     }
     server.enqueue(
         json_reply(answer),
-        Reply(chunks=(sse(chunk({"content": "cut"}), chunk({}, raw), "[DONE]"),)),
+        sse_reply(sse_body(chunk({"content": "cut"}), chunk({}, raw), "[DONE]")),
     )
     backend = make_backend()
     response = await backend.chat(HI)
@@ -608,12 +510,12 @@ async def test_mistral_finish_reasons_are_normalised(
 
 
 async def test_recorded_stream_tool_call_assembles(
-    wire_dir: Path, server: MistralServer, make_backend: BackendFactory
+    wire_dir: Path, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """The recorded tool-call stream (whole call in one delta, no index) yields one ToolCall
     with the recorded id, name and arguments and finish reason tool_calls."""
     body = load_case(wire_dir, "chat_completion_stream_tool_call")["response"]["body"]
-    server.enqueue(Reply(chunks=(body.encode(),)))
+    server.enqueue(sse_reply(body))
     events = await collect(make_backend())
     [(call_id, name, arguments)] = assemble(events).tool_calls
     recorded = json.loads(body.split("data: ")[2].split("\n")[0])["choices"][0]["delta"]
@@ -626,7 +528,7 @@ async def test_recorded_stream_tool_call_assembles(
 
 
 async def test_tool_call_answer_and_round_trip_body(
-    server: MistralServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A non-streamed tool call is parsed; the follow-up request keeps the tool message's
     name and id, drops the user name, sends ``tool_choice: any`` for ``required`` and the
@@ -701,7 +603,7 @@ async def test_tool_call_answer_and_round_trip_body(
 
 
 async def test_chat_body_uses_mistral_parameter_names(
-    server: MistralServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Parameters go out under Mistral's names: max_tokens, random_seed and safe_prompt (from
     the metadata), stream false explicitly, response_format passed through."""
@@ -742,7 +644,7 @@ async def test_chat_body_uses_mistral_parameter_names(
 
 @pytest.mark.parametrize("metadata", [{"random_seed": "42"}, {"safe_prompt": "yes"}])
 async def test_bad_mistral_options_fail_before_io(
-    metadata: dict[str, Any], server: MistralServer, make_backend: BackendFactory
+    metadata: dict[str, Any], server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """A random_seed that is not an int, or a safe_prompt that is not a bool, is a caller
     error raised before anything is sent."""
@@ -755,7 +657,7 @@ async def test_bad_mistral_options_fail_before_io(
 
 
 async def test_embeddings_send_output_dimension_and_keep_input_order(
-    server: MistralServer, make_backend: BackendFactory
+    server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """``dimensions`` is sent as ``output_dimension``; vectors listed out of order come back
     in input order with the usage's prompt tokens."""
@@ -783,7 +685,7 @@ async def test_embeddings_send_output_dimension_and_keep_input_order(
     ids=["too-few", "not-objects", "not-numbers"],
 )
 async def test_malformed_embeddings(
-    answer: Any, server: MistralServer, make_backend: BackendFactory
+    answer: Any, server: ReplayServer, make_backend: BackendFactory
 ) -> None:
     """Miscounted or wrongly shaped embeddings raise MalformedResponseError."""
     server.enqueue(json_reply(answer))
@@ -791,7 +693,7 @@ async def test_malformed_embeddings(
         await make_backend().embed(EmbeddingRequest(inputs=["x", "y"]))
 
 
-async def test_models_and_health(server: MistralServer, make_backend: BackendFactory) -> None:
+async def test_models_and_health(server: ReplayServer, make_backend: BackendFactory) -> None:
     """``models()`` lists GET /v1/models ids, which is also the health check."""
     backend = make_backend()
     assert await backend.models() == ["mistral-small-latest", "codestral"]
@@ -872,7 +774,7 @@ async def test_error_mapping(
     body: dict[str, Any],
     expected: type[BackendError],
     message: str,
-    server: MistralServer,
+    server: ReplayServer,
     make_backend: BackendFactory,
 ) -> None:
     """Mistral's error bodies map to the SDK's errors with a readable message and the status;
@@ -887,7 +789,7 @@ async def test_error_mapping(
         assert (caught.value.retry_after, caught.value.retryable) == (3.0, True)
 
 
-async def test_api_key_never_leaks(server: MistralServer, make_backend: BackendFactory) -> None:
+async def test_api_key_never_leaks(server: ReplayServer, make_backend: BackendFactory) -> None:
     """The key appears neither in repr(backend) nor in errors, even when echoed back."""
     backend = make_backend()
     server.enqueue(json_reply({"message": f"bad key {API_KEY}"}, status=401))
@@ -900,7 +802,7 @@ async def test_api_key_never_leaks(server: MistralServer, make_backend: BackendF
 
 
 async def test_a_service_selects_mistral_by_custom_backend_type(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MistralServer
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: ReplayServer
 ) -> None:
     """End to end: ``custom_backend_type = "Mistral"`` in the settings is served by the
     plugin found through its entry point, for chat and for streaming."""
@@ -910,7 +812,7 @@ async def test_a_service_selects_mistral_by_custom_backend_type(
             {
                 "name": "le-chat",
                 "custom_backend_type": "Mistral",
-                "base_url": server.base_url,
+                "base_url": f"{server.url}/v1",
                 "api_key": API_KEY,
                 "model_name": "mistral-small-latest",
             }
