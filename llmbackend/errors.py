@@ -7,6 +7,7 @@ Every exception the SDK raises derives from :class:`LlmBackendError`::
     ├── PluginError                 a plugin could not be imported, validated or used
     ├── NotSupportedError           the backend lacks a capability (e.g. embeddings)
     ├── AllBackendsFailedError      also an ExceptionGroup of every attempt's error
+    ├── StateStoreError             the shared-state store (SQLite, Redis) failed or is missing
     └── BackendError                a provider call failed (status, retryable, retry_after)
         ├── AuthenticationError          401 / 403
         ├── InvalidRequestError          400 validation errors (caller mistake)
@@ -58,6 +59,7 @@ __all__ = [
     "NotSupportedError",
     "PluginError",
     "RateLimitedError",
+    "StateStoreError",
     "StreamInterruptedError",
     "map_transport_errors",
     "parse_retry_after",
@@ -118,6 +120,14 @@ class NotSupportedError(LlmBackendError):
         self.backend = backend
         self.capability = capability
         super().__init__(f"backend {backend!r} does not support {capability}")
+
+
+class StateStoreError(LlmBackendError):
+    """The shared-state store (cache, budget ledger, rate limits) failed or cannot be opened.
+
+    The cache degrades to a miss on this error; budgets and rate limits fail closed (the
+    request is refused rather than allowed past a limit nobody can check).
+    """
 
 
 class BackendError(LlmBackendError):
