@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import define, field
 
+from llmbackend._observer import NOOP_REQUEST, AttemptObservation, RequestObservation
 from llmbackend.backends.base import BaseLlmBackend
 from llmbackend.errors import (
     AllBackendsFailedError,
@@ -25,6 +26,9 @@ from llmbackend.errors import (
     ContextLengthExceededError,
     NotSupportedError,
 )
+
+if TYPE_CHECKING:
+    from llmbackend._breaker import CircuitState
 
 __all__ = ["AttemptPlan", "RetryPolicy"]
 
@@ -54,7 +58,11 @@ class AttemptPlan:
     failover_on_content_filter: bool = False
     errors: list[Exception] = field(factory=list)
     skipped: dict[str, str] = field(factory=dict)
+    observation: RequestObservation = NOOP_REQUEST
     _retry_delay: float | None = None
+    #: Attempts started so far (across backends) and the wait before the next one.
+    _started: int = 0
+    _waited: float = 0.0
     _attempt: int = 0
     _again: bool = False
 
@@ -69,10 +77,14 @@ class AttemptPlan:
 
     async def attempts(self) -> AsyncGenerator[BaseLlmBackend, None]:
         """Backends to try, in order, with retries; close it (``aclosing``) when done."""
+        previous: str | None = None
         while self.queue:
             backend = self.queue.pop(0)
             if self.errors:
                 self.counters.failovers += 1
+                self.log.info("backend_fallback", backend=backend.name, from_backend=previous)
+                self.observation.fallback(previous, backend.name)
+            previous = backend.name
             retries = self.policy.max_retries_for(backend)
             attempt = 0
             while True:
@@ -101,7 +113,22 @@ class AttemptPlan:
                     attempt=attempt,
                     delay_s=round(delay, 3),
                 )
+                self.observation.retry_scheduled(backend.name, attempt, delay)
                 await self.sleep(delay)
+                self._waited = delay
+
+    def attempt_started(
+        self, backend: BaseLlmBackend, circuit_state: CircuitState
+    ) -> AttemptObservation:
+        """Tell the observer the call to ``backend`` begins (after the breaker admitted it)."""
+        self._started += 1
+        waited, self._waited = self._waited, 0.0
+        return self.observation.attempt_started(backend, self._started, waited, circuit_state)
+
+    def skip(self, name: str, reason: str) -> None:
+        """Record that backend ``name`` is not tried for this request, and why."""
+        self.skipped[name] = reason
+        self.observation.skipped(name, reason)
 
     def again(self) -> None:
         """Try the backend just yielded once more, without waiting or counting a retry."""
@@ -110,10 +137,10 @@ class AttemptPlan:
     def failed(self, backend: BaseLlmBackend, exc: BackendError | NotSupportedError) -> None:
         """Record a failure; raises it when it is final (no retry, no failover)."""
         if isinstance(exc, NotSupportedError):
-            self.skipped[backend.name] = str(exc)
+            self.skip(backend.name, str(exc))
             return
         if isinstance(exc, CircuitOpenError):
-            self.skipped[backend.name] = exc.message
+            self.skip(backend.name, exc.message)
             return
         self.errors.append(exc)
         final = not exc.allows_failover and not (

@@ -7,6 +7,8 @@ sees a duplicate backend name and a misspelt key in the same error. Checks that 
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -14,6 +16,7 @@ import attrs
 
 from llmbackend._config_problems import KeyPath, ProblemLog, find_suggestion, format_path
 from llmbackend._converter import field_types, normalise_token
+from llmbackend._redaction import Redactor
 from llmbackend.settings import (
     BUILTIN_BACKEND_TYPES,
     DEFAULT_BASE_URLS,
@@ -25,6 +28,7 @@ from llmbackend.settings import (
     LlmSettings,
     MemorySettings,
     RateLimitSettings,
+    TelemetrySettings,
 )
 
 __all__ = ["CUSTOM_TYPE", "RANGES", "check_settings", "normalise_backend_types"]
@@ -145,6 +149,7 @@ def check_settings(
     for name, type_ in field_types(LlmSettings).items():
         if attrs.has(type_):
             _check_ranges(getattr(settings, name), (name,), log)
+    _check_telemetry(settings.telemetry, log)
     caching = settings.caching
     if caching.provider in {CacheProvider.REDIS, CacheProvider.SQLITE} and not (
         caching.connection_string
@@ -166,6 +171,21 @@ def check_settings(
             first_index[backend.name] = index
         _check_type(backend, path, log)
         _check_ranges(backend, path, log)
+
+
+def _check_telemetry(telemetry: TelemetrySettings, log: ProblemLog) -> None:
+    buckets = telemetry.latency_buckets_seconds
+    if not buckets or buckets[0] <= 0 or any(b <= a for a, b in itertools.pairwise(buckets)):
+        log.add(
+            ("telemetry", "latency_buckets_seconds"),
+            "must be one or more positive numbers in increasing order",
+        )
+    for index, pattern in enumerate(telemetry.redact_patterns):
+        try:
+            re.compile(pattern)  # positions in the message are the pattern's own
+            Redactor(patterns=(pattern,))  # and it must fit beside the built-in patterns
+        except re.error as exc:
+            log.add(("telemetry", "redact_patterns", index), f"not a regular expression: {exc}")
 
 
 def _check_ranges(section: object, path: KeyPath, log: ProblemLog) -> None:

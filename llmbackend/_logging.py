@@ -1,20 +1,24 @@
-"""How the SDK obtains its structlog loggers without configuring structlog globally."""
+"""How the SDK obtains its structlog loggers without configuring structlog globally.
+
+Every logger the SDK makes runs two processors of its own before anything else: the
+request's correlation id is added and every field is redacted (see :mod:`._redaction`).
+:func:`configure_logging` is for applications that want sensible output with one call; the
+library itself never calls it.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 import structlog
-from attrs import frozen
+from attrs import evolve, field, frozen
 
-__all__ = ["LoggerFactory"]
+from llmbackend._correlation import add_correlation_id
+from llmbackend._redaction import Redactor
 
-_STDLIB_PROCESSORS: list[Any] = [
-    structlog.stdlib.filter_by_level,
-    structlog.stdlib.add_log_level,
-    structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=False),
-]
+__all__ = ["LoggerFactory", "configure_logging"]
 
 
 @frozen(kw_only=True)
@@ -25,17 +29,68 @@ class LoggerFactory:
     go to the standard ``logging`` module under ``llmbackend.*`` names, so an application that
     configured nothing sees only warnings and errors (Python's default), never debug noise.
 
-    ``log_prompts`` / ``log_responses`` gate whether message content may be logged.
+    ``log_prompts`` / ``log_responses`` gate whether message content may be logged;
+    ``redactor`` removes secrets from every event.
     """
 
     log_prompts: bool = False
     log_responses: bool = False
+    redactor: Redactor = field(factory=Redactor)
+
+    def with_secrets(self, *values: str | None) -> LoggerFactory:
+        """This factory, with ``values`` also redacted (``self`` if nothing is new)."""
+        redactor = self.redactor.including(values)
+        return self if redactor is self.redactor else evolve(self, redactor=redactor)
 
     def __call__(self, name: str) -> Any:
+        ours: list[Any] = [add_correlation_id, self.redactor]
         if structlog.is_configured():
-            return structlog.get_logger(name)
+            configured = structlog.get_config()["processors"]
+            return structlog.wrap_logger(
+                None, processors=[*ours, *configured], logger_factory_args=(name,)
+            )
         return structlog.wrap_logger(
             logging.getLogger(name),
-            processors=_STDLIB_PROCESSORS,
+            # Level filtering first: a dropped debug event costs no redaction.
+            processors=[
+                structlog.stdlib.filter_by_level,
+                *ours,
+                structlog.stdlib.add_log_level,
+                structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=False),
+            ],
             wrapper_class=structlog.stdlib.BoundLogger,
         )
+
+
+def configure_logging(
+    *, json: bool = False, level: int | str = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Configure structlog for an application: JSON lines or readable console output.
+
+    Events get a timestamp (UTC, ISO 8601), the level, the request's ``correlation_id`` and
+    any ``structlog.contextvars`` bound by the application; known credential shapes are
+    redacted from the application's own events too. Output goes to ``stream`` (default
+    standard error). Calling it again replaces the configuration.
+    """
+    if isinstance(level, str):
+        level = logging.getLevelNamesMapping()[level.upper()]
+    out = stream if stream is not None else sys.stderr
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        add_correlation_id,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if json:  # the console renderer formats exceptions itself
+        processors.append(structlog.processors.format_exc_info)
+    structlog.configure(
+        processors=[*processors, Redactor(), renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from llmbackend._observer import NOOP_REQUEST, RequestObservation
 from llmbackend.backends.base import BaseLlmBackend, Capability
 from llmbackend.errors import (
     BackendError,
@@ -74,11 +75,11 @@ async def _first_then_rest(
 
 
 async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read best in one place
-    service: LlmService, request: ChatRequest
+    service: LlmService, request: ChatRequest, observation: RequestObservation = NOOP_REQUEST
 ) -> AsyncGenerator[StreamEvent, None]:
     """The service's stream: failover, then ``stream_recovery`` after content was shown."""
     mode = request.stream_recovery or service.settings.stream_recovery
-    plan = service.plan_for(request, Capability.STREAMING)
+    plan = service.plan_for(request, Capability.STREAMING, observation)
     shown = ""  # the answer text the caller has now
     cut: StreamInterruptedError | None = None
     cut_backend = ""
@@ -96,7 +97,9 @@ async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read bes
             delivered = False
             usage = None
             try:
-                async with contextlib.aclosing(service.guarded_stream(backend, attempt)) as events:
+                async with contextlib.aclosing(
+                    service.guard.stream(backend, attempt, plan)
+                ) as events:
                     async for event in _first_then_rest(events, plan.remaining(), backend.name):
                         content = isinstance(event, TextDelta | ToolCallDelta)
                         if content and cut is not None and not delivered:

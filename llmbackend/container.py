@@ -12,19 +12,27 @@ import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import attrs
 from dependency_injector import containers, providers
 
 from llmbackend._logging import LoggerFactory
+from llmbackend._observer import Observer
+from llmbackend._redaction import redactor_for
 from llmbackend._registry import PluginRegistry, default_registry
+from llmbackend._telemetry import build_observer, metrics_registry_for
 from llmbackend.backends.base import BaseLlmBackend
 from llmbackend.config import load_settings
 from llmbackend.errors import ConfigProblem, ConfigurationError, LlmBackendError
 from llmbackend.plugins import ILlmBackendPlugin
 from llmbackend.service import LlmService
 from llmbackend.settings import LlmBackendConfig, LlmSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["Container", "SessionHolder", "open_service"]
 
@@ -88,14 +96,21 @@ def _build_backends(
 
 
 class Container(containers.DeclarativeContainer):
-    """Wires settings → logger factory → session → plugin registry → backends → service."""
+    """Wires settings → logger factory → session → plugin registry → backends → observer
+    → service. ``metrics_registry``, ``tracer_provider`` and ``extra_observers`` may be
+    given; by default metrics go to a registry of the service's own."""
 
     settings = providers.Dependency(instance_of=LlmSettings)
     registry = providers.Dependency(instance_of=PluginRegistry)
+    given_metrics_registry: providers.Object[CollectorRegistry | None] = providers.Object(None)
+    tracer_provider: providers.Object[TracerProvider | None] = providers.Object(None)
+    extra_observers: providers.Object[tuple[Observer, ...]] = providers.Object(())
+    redactor = providers.Singleton(redactor_for, settings)
     logger_factory = providers.Singleton(
         LoggerFactory,
         log_prompts=settings.provided.telemetry.log_prompts,
         log_responses=settings.provided.telemetry.log_responses,
+        redactor=redactor,
     )
     session_holder = providers.Singleton(SessionHolder)
     http_session = providers.Resource(_http_session, settings=settings, holder=session_holder)
@@ -106,8 +121,23 @@ class Container(containers.DeclarativeContainer):
         logger_factory=logger_factory,
         session_factory=session_holder,
     )
+    metrics_registry = providers.Singleton(metrics_registry_for, settings, given_metrics_registry)
+    observer = providers.Singleton(
+        build_observer,
+        settings,
+        backends,
+        metrics_registry=metrics_registry,
+        tracer_provider=tracer_provider,
+        redactor=redactor,
+        extra=extra_observers,
+    )
     service = providers.Singleton(
-        LlmService, settings=settings, backends=backends, logger_factory=logger_factory
+        LlmService,
+        settings=settings,
+        backends=backends,
+        logger_factory=logger_factory,
+        observer=observer,
+        metrics_registry=metrics_registry,
     )
 
 
@@ -121,7 +151,6 @@ def unavailable_features(settings: LlmSettings) -> list[ConfigProblem]:
     toggles = {
         "rate_limit.enabled": settings.rate_limit.enabled,
         "caching.enabled": settings.caching.enabled,
-        "telemetry.enable_tracing": settings.telemetry.enable_tracing,
     }
     problems += [
         ConfigProblem(path, "this feature is not available in this version; set it to false")
@@ -148,12 +177,20 @@ async def open_service(
     environ: Mapping[str, str] | None = None,
     secret_resolver: Callable[[str], str | None] | None = None,
     base_dir: Path | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+    observers: Sequence[Observer] = (),
 ) -> AsyncIterator[LlmService]:
     """Validate the settings, build the service, yield it, and shut everything down.
 
     Every problem (settings, unknown backend types, plugins named in ``specific_plugins``)
     is reported before anything starts: a bad config never half-starts the service.
     ``plugins`` are registered on top of the discovered ones for this service only.
+
+    Telemetry: with ``telemetry.enable_metrics`` the service records into
+    ``metrics_registry`` (default: a registry of its own, see ``service.metrics_registry``);
+    with ``telemetry.enable_tracing`` it makes spans with ``tracer_provider`` (default: the
+    global OpenTelemetry provider). ``observers`` receive every event as well.
     """
     # Reading files and importing plugins is blocking work: keep it off the event loop.
     resolved, plugin_registry = await asyncio.to_thread(
@@ -167,7 +204,13 @@ async def open_service(
             base_dir=base_dir,
         )
     )
-    container = Container(settings=resolved, registry=plugin_registry)
+    container = Container(
+        settings=resolved,
+        registry=plugin_registry,
+        given_metrics_registry=providers.Object(metrics_registry),
+        tracer_provider=providers.Object(tracer_provider),
+        extra_observers=providers.Object(tuple(observers)),
+    )
     service: LlmService = container.service()  # builds the backends; no I/O yet
     try:
         await _maybe_await(container.init_resources())

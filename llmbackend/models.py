@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import types
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
@@ -45,6 +46,10 @@ def _tuple(value: Any) -> tuple[Any, ...]:
 
 def _mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value) if value else {}
+
+
+def _read_only(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return types.MappingProxyType(dict(value))
 
 
 class FinishReason(enum.StrEnum):
@@ -367,6 +372,12 @@ class BackendStatistics:
     circuit_state: str = "closed"
     healthy: bool = True
     latency_estimate_ms: float | None = None
+    #: The last health problem (a failed check or call), ``None`` while none was seen.
+    health_error: str | None = None
+    #: Spend in the current budget period, as last reported by the budget code.
+    budget_spent_usd: float | None = None
+    #: The backend's ``max_spend_usd`` (``None``: no budget).
+    budget_limit_usd: float | None = None
 
     @property
     def success_rate(self) -> float:
@@ -384,7 +395,8 @@ class ServiceStatistics:
     #: Requests answered by a backend other than the first one tried.
     failovers: int
     retries: int
-    backends: Mapping[str, BackendStatistics]
+    #: Read-only: a snapshot is not a handle on the service.
+    backends: Mapping[str, BackendStatistics] = field(converter=_read_only)
 
 
 @frozen(kw_only=True)

@@ -7,31 +7,39 @@ retryable failures with backoff (honouring ``Retry-After``), failing over on the
 stopping at once on caller errors (400, 401/403, content filter) so the provider's reason
 reaches the caller. Every call goes through the backend's circuit breaker and feeds the
 health monitor and the latency estimate.
+
+Everything observable (requests, attempts, retries, fallbacks, skips, breaker and health
+changes) is reported to one :class:`~llmbackend._observer.Observer`: metrics and traces are
+observers, and with telemetry off the no-op observer costs next to nothing. Each request
+runs under a correlation id (the caller's, or a new one) that every log line carries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
 from llmbackend._attempts import AttemptPlan, PlanCounters
 from llmbackend._breaker import CircuitBreaker, CircuitState
-from llmbackend._health import HealthMonitor
+from llmbackend._correlation import begin_request, end_request
+from llmbackend._fan_out import fan_out
+from llmbackend._guard import BackendGuard
 from llmbackend._logging import LoggerFactory
+from llmbackend._observer import NOOP_REQUEST, ObservedHealthMonitor, Observer, RequestObservation
 from llmbackend._strategies import StrategyState, order_candidates
 from llmbackend._streaming import recovering_stream
+from llmbackend._telemetry import build_observer, metrics_registry_for
 from llmbackend.backends.base import BaseLlmBackend, Capability
 from llmbackend.errors import (
-    AllBackendsFailedError,
     BackendError,
     BackendTimeoutError,
-    CircuitOpenError,
     ConfigProblem,
     ConfigurationError,
     LlmBackendError,
@@ -42,16 +50,22 @@ from llmbackend.models import (
     ChatRequest,
     EmbeddingRequest,
     EmbeddingResponse,
+    FinishEvent,
     LlmRequest,
     LlmResponse,
     ServiceStatistics,
     StreamEvent,
 )
-from llmbackend.settings import LlmSettings, SelectionStrategy, SimultaneousPrimary
+from llmbackend.settings import LlmSettings, SelectionStrategy
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["LlmService"]
 
-T = TypeVar("T")
+#: What a service call answers with (chat and embeddings).
+R = TypeVar("R", bound=LlmResponse | EmbeddingResponse)
 
 #: Longest backoff between two attempts on one backend, whatever the exponent says.
 MAX_BACKOFF_SECONDS = 30.0
@@ -70,6 +84,11 @@ class LlmService:
     ``LlmService`` satisfies the backend interface itself (``complete``, ``chat``,
     ``stream``, ``embed``), so code written against one backend works against the service.
     ``clock``, ``sleep`` and ``rng`` are injectable for deterministic tests.
+
+    Telemetry: ``observer`` receives every event (the container composes the metrics and
+    tracing observers the settings ask for). Without one, the service builds them itself:
+    metrics go to ``metrics_registry`` (default: a registry of its own, never the global
+    one) and spans to ``tracer_provider`` (default: the global provider).
     """
 
     def __init__(
@@ -81,12 +100,32 @@ class LlmService:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self._backends = {backend.name: backend for backend in backends}
         # Failover order: priority ascending, then declaration order (sorted() is stable).
         self._ordered = sorted(backends, key=lambda backend: backend.config.priority)
-        self._log = (logger_factory or LoggerFactory())("llmbackend.service")
+        factory = logger_factory or LoggerFactory()
+        self._log = factory("llmbackend.service")
+        self._redactor = factory.redactor.including(
+            secret for backend in backends for secret in backend.redactor.secrets
+        )
+        if observer is None:
+            metrics_registry = metrics_registry_for(settings, metrics_registry)
+            observer = build_observer(
+                settings,
+                backends,
+                metrics_registry=metrics_registry,
+                tracer_provider=tracer_provider,
+                redactor=self._redactor,
+            )
+        self._observer = observer
+        #: Where this service's metrics are recorded (``None`` with metrics off).
+        self.metrics_registry = metrics_registry
+        self._budget_spent: dict[str, float] = {}
         self._sleep = sleep
         self._strategy = StrategyState(rng=rng or random.Random())  # noqa: S311  # not crypto
         self._counters = _Counters()
@@ -97,7 +136,13 @@ class LlmService:
             )
             for backend in backends
         }
-        self.health = HealthMonitor(self._ordered, settings.health_check, self._log, sleep)
+        self.health = ObservedHealthMonitor(
+            self._ordered, settings.health_check, self._log, sleep, on_change=self._health_moved
+        )
+        #: Breaker admission and outcome bookkeeping around every backend call.
+        self.guard = BackendGuard(
+            self._breakers, self.health, self._strategy.latency, self._redactor
+        )
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -144,6 +189,20 @@ class LlmService:
         """The circuit breaker of backend ``name``."""
         return self._breakers[name]
 
+    @property
+    def observer(self) -> Observer:
+        """What this service reports its events to (metrics, traces, your own observer)."""
+        return self._observer
+
+    def report_budget(self, backend: str, spent_usd: float, limit_usd: float | None = None) -> None:
+        """Record ``backend``'s spend in the current budget period (fed by the budget code):
+        it shows in :meth:`get_statistics` and the budget gauges. ``limit_usd`` defaults
+        to the backend's ``max_spend_usd``."""
+        self._budget_spent[backend] = spent_usd
+        if limit_usd is None:
+            limit_usd = self.backend(backend).config.max_spend_usd
+        self._observer.budget_changed(backend, spent_usd, limit_usd)
+
     def get_statistics(self) -> ServiceStatistics:
         """A frozen snapshot: service counters, and per backend its counts, latency,
         breaker state and health."""
@@ -156,6 +215,9 @@ class LlmService:
                 circuit_state=self._breakers[backend.name].state.value,
                 healthy=health.healthy,
                 latency_estimate_ms=self._strategy.latency.estimate(backend.name),
+                health_error=health.last_error,
+                budget_spent_usd=self._budget_spent.get(backend.name),
+                budget_limit_usd=backend.config.max_spend_usd,
             )
         return ServiceStatistics(
             requests=counters.requests,
@@ -201,12 +263,28 @@ class LlmService:
         """Chat through the backends with the configured (or requested) strategy."""
         strategy = request.selection_strategy or self.settings.selection_strategy
         if strategy is SelectionStrategy.SIMULTANEOUS:
-            return await self._fan_out(request)
-        return await self._run(request, Capability.CHAT, lambda b: b.chat(request))
+            return await self._run("chat", request, lambda seen: fan_out(self, request, seen))
+        return await self._run(
+            "chat",
+            request,
+            lambda seen: self.serve(
+                self.plan_for(request, Capability.CHAT, seen),
+                Capability.CHAT,
+                lambda backend: backend.chat(request),
+            ),
+        )
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embed through the backends that support embeddings."""
-        return await self._run(request, Capability.EMBEDDINGS, lambda b: b.embed(request))
+        return await self._run(
+            "embed",
+            request,
+            lambda seen: self.serve(
+                self.plan_for(request, Capability.EMBEDDINGS, seen),
+                Capability.EMBEDDINGS,
+                lambda backend: backend.embed(request),
+            ),
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Stream an answer as typed events (see :mod:`llmbackend._streaming`).
@@ -215,20 +293,34 @@ class LlmService:
         ``stream_recovery`` decides (raise, restart or continue). Under the simultaneous
         strategy a stream uses the failover order.
         """
-        self._counters.requests += 1
+        observation, token = self._begin("stream", request)
+        finish: FinishEvent | None = None
         try:
-            async with contextlib.aclosing(recovering_stream(self, request)) as events:
+            async with contextlib.aclosing(recovering_stream(self, request, observation)) as events:
                 async for event in events:
+                    if isinstance(event, FinishEvent):
+                        finish = event
                     yield event
-        except LlmBackendError:
-            self._counters.failures += 1
+        except BaseException as exc:
+            self._request_failed("stream", observation, exc)
             raise
+        finally:
+            end_request(token)
         self._counters.successes += 1
+        if finish is not None:
+            observation.succeeded(finish.backend, finish.model)
+        else:  # only a backend breaking the stream contract ends without a finish
+            observation.succeeded("", None)
 
-    # --- plumbing shared with the streaming module ----------------------------------------
+    # --- plumbing shared with the streaming and fan-out modules ---------------------------
 
     def plan_for(
-        self, request: ChatRequest | EmbeddingRequest, capability: Capability
+        self,
+        request: ChatRequest | EmbeddingRequest,
+        capability: Capability,
+        observation: RequestObservation = NOOP_REQUEST,
+        *,
+        report_skips: bool = True,
     ) -> AttemptPlan:
         """The attempt plan of one request: eligible backends in strategy order."""
         preferred = None
@@ -243,6 +335,9 @@ class LlmService:
                     skipped.setdefault(backend.name, "not selected (strategy 'specific')")
         if preferred is not None and preferred.name in skipped and preferred not in ordered:
             self._log.info("preferred_backend_skipped", backend=preferred.name)
+        if report_skips:
+            for name, reason in skipped.items():
+                observation.skipped(name, reason)
         timeout = request.timeout_seconds or self.settings.timeout_seconds
         return AttemptPlan(
             policy=self,
@@ -253,44 +348,68 @@ class LlmService:
             counters=self._plan_counters,
             failover_on_content_filter=self.settings.failover_on_content_filter,
             skipped=skipped,
+            observation=observation,
         )
 
-    async def guarded(
-        self, backend: BaseLlmBackend, call: Callable[[BaseLlmBackend], Awaitable[T]]
-    ) -> T:
-        """One call through the backend's breaker, feeding health and latency."""
-        breaker = self._admit(backend)
-        started = time.perf_counter()
-        try:
-            result = await call(backend)
-        except LlmBackendError as exc:
-            self._observe_failure(backend, exc)
-            raise
-        except BaseException:
-            breaker.release()  # cancelled: no outcome to learn from
-            raise
-        self._observe_success(backend, (time.perf_counter() - started) * 1000.0)
-        return result
-
-    async def guarded_stream(
-        self, backend: BaseLlmBackend, request: ChatRequest
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """One stream through the backend's breaker, feeding health and latency."""
-        breaker = self._admit(backend)
-        started = time.perf_counter()
-        try:
-            async with contextlib.aclosing(backend.stream(request)) as events:
-                async for event in events:
-                    yield event
-        except LlmBackendError as exc:
-            self._observe_failure(backend, exc)
-            raise
-        except BaseException:
-            breaker.release()
-            raise
-        self._observe_success(backend, (time.perf_counter() - started) * 1000.0)
+    async def serve(
+        self,
+        plan: AttemptPlan,
+        capability: Capability,
+        call: Callable[[BaseLlmBackend], Awaitable[R]],
+    ) -> R:
+        """Run ``plan``: each attempt through the guard, under the plan's deadline."""
+        async with contextlib.aclosing(plan.attempts()) as attempts:
+            async for backend in attempts:
+                try:
+                    async with asyncio.timeout(plan.remaining()):
+                        return await self.guard.call(backend, call, plan)
+                except TimeoutError:
+                    error = BackendTimeoutError(
+                        "the request deadline was spent", backend=backend.name
+                    )
+                    plan.failed(backend, error)
+                except (BackendError, NotSupportedError) as exc:
+                    plan.failed(backend, exc)
+        raise plan.exhausted("chat" if capability is Capability.CHAT else capability.value)
 
     # --- internals -------------------------------------------------------------------------
+
+    def _begin(
+        self, operation: str, request: ChatRequest | EmbeddingRequest
+    ) -> tuple[RequestObservation, contextvars.Token[str | None] | None]:
+        self._counters.requests += 1
+        correlation, token = begin_request()
+        return self._observer.request_started(operation, request, correlation), token
+
+    async def _run(
+        self,
+        operation: str,
+        request: ChatRequest | EmbeddingRequest,
+        serve: Callable[[RequestObservation], Awaitable[R]],
+    ) -> R:
+        observation, token = self._begin(operation, request)
+        try:
+            result = await serve(observation)
+        except BaseException as exc:
+            self._request_failed(operation, observation, exc)
+            raise
+        finally:
+            end_request(token)
+        self._counters.successes += 1
+        observation.succeeded(result.backend, result.model)
+        return result
+
+    def _request_failed(
+        self, operation: str, observation: RequestObservation, exc: BaseException
+    ) -> None:
+        if not isinstance(exc, Exception):  # cancelled, or a stream abandoned by its reader
+            observation.cancelled()
+            return
+        if isinstance(exc, LlmBackendError):
+            self._counters.failures += 1
+            self._redactor.scrub(exc)
+        self._log.info("request_failed", operation=operation, error=type(exc).__name__)
+        observation.failed(exc)
 
     def _eligible(self, capability: Capability) -> tuple[list[BaseLlmBackend], dict[str, str]]:
         skipped: dict[str, str] = {}
@@ -309,120 +428,9 @@ class LlmService:
                 candidates.append(backend)
         return candidates, skipped
 
-    def _admit(self, backend: BaseLlmBackend) -> CircuitBreaker:
-        breaker = self._breakers[backend.name]
-        if not breaker.allow():
-            state = breaker.state.value.replace("_", "-")
-            raise CircuitOpenError(f"circuit {state}; call not attempted", backend=backend.name)
-        return breaker
-
-    def _observe_failure(self, backend: BaseLlmBackend, exc: LlmBackendError) -> None:
-        if isinstance(exc, NotSupportedError | CircuitOpenError):
-            self._breakers[backend.name].release()
-            return
-        self._breakers[backend.name].record_failure(exc)
-        if isinstance(exc, BackendError) and exc.trips_breaker:
-            self.health.record(backend.name, ok=False, error=f"{type(exc).__name__}: {exc}")
-
-    def _observe_success(self, backend: BaseLlmBackend, latency_ms: float) -> None:
-        self._breakers[backend.name].record_success()
-        self.health.record(backend.name, ok=True)
-        self._strategy.latency.record(backend.name, latency_ms)
-
     def _breaker_moved(self, name: str, old: CircuitState, new: CircuitState) -> None:
         self._log.warning("circuit_state_changed", backend=name, old=old.value, new=new.value)
+        self._observer.breaker_changed(name, old, new)
 
-    async def _run(
-        self,
-        request: ChatRequest | EmbeddingRequest,
-        capability: Capability,
-        call: Callable[[BaseLlmBackend], Awaitable[T]],
-    ) -> T:
-        self._counters.requests += 1
-        try:
-            result = await self._serve(self.plan_for(request, capability), capability, call)
-        except LlmBackendError:
-            self._counters.failures += 1
-            raise
-        self._counters.successes += 1
-        return result
-
-    async def _serve(
-        self,
-        plan: AttemptPlan,
-        capability: Capability,
-        call: Callable[[BaseLlmBackend], Awaitable[T]],
-    ) -> T:
-        async with contextlib.aclosing(plan.attempts()) as attempts:
-            async for backend in attempts:
-                try:
-                    async with asyncio.timeout(plan.remaining()):
-                        return await self.guarded(backend, call)
-                except TimeoutError:
-                    error = BackendTimeoutError(
-                        "the request deadline was spent", backend=backend.name
-                    )
-                    plan.failed(backend, error)
-                except (BackendError, NotSupportedError) as exc:
-                    plan.failed(backend, exc)
-        raise plan.exhausted("chat" if capability is Capability.CHAT else capability.value)
-
-    async def _fan_out(self, request: ChatRequest) -> LlmResponse:
-        """Simultaneous strategy: every eligible backend at once, bounded by the deadline.
-
-        Each branch retries on its own backend; when the deadline passes, unfinished
-        branches are cancelled and awaited, so nothing outlives the call.
-        """
-        self._counters.requests += 1
-        plan = self.plan_for(request, Capability.CHAT)
-        single = attrs.evolve(request, selection_strategy=SelectionStrategy.SPECIFIC)
-
-        async def one(backend: BaseLlmBackend) -> tuple[float, LlmResponse]:
-            branch = self.plan_for(
-                attrs.evolve(single, preferred_backend=backend.name), Capability.CHAT
-            )
-            branch.deadline = plan.deadline
-            response = await self._serve(branch, Capability.CHAT, lambda b: b.chat(request))
-            return time.monotonic(), response
-
-        tasks = {backend: asyncio.create_task(one(backend)) for backend in plan.queue}
-        try:
-            if tasks:
-                await asyncio.wait(tasks.values(), timeout=max(plan.remaining(), 0))
-        finally:
-            for task in tasks.values():
-                task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
-        successes: list[tuple[float, int, LlmResponse]] = []
-        failures: list[Exception] = []
-        for rank, (backend, task) in enumerate(tasks.items()):
-            if task.cancelled():
-                failures.append(
-                    BackendTimeoutError("no answer before the deadline", backend=backend.name)
-                )
-            elif (error := task.exception()) is not None:
-                failures.append(_innermost(error))
-            else:
-                finished_at, response = task.result()
-                successes.append((finished_at, rank, response))
-        if not successes:
-            self._counters.failures += 1
-            plan.errors.extend(failures)
-            raise plan.exhausted("chat")
-        by_priority = self.settings.simultaneous_primary is SimultaneousPrimary.PRIORITY
-        successes.sort(key=lambda item: item[1] if by_priority else item[0])
-        primary = successes[0][2]
-        self._counters.successes += 1
-        return attrs.evolve(
-            primary,
-            alternative_responses=[response for _, _, response in successes[1:]],
-            failed_alternatives=failures,
-        )
-
-
-def _innermost(error: BaseException) -> Exception:
-    """A fan-out branch's own error (unwrapping its one-backend AllBackendsFailedError)."""
-    if isinstance(error, AllBackendsFailedError) and error.exceptions:
-        last = error.exceptions[-1]
-        return last if isinstance(last, Exception) else error
-    return error if isinstance(error, Exception) else RuntimeError(repr(error))
+    def _health_moved(self, name: str, healthy: bool) -> None:
+        self._observer.health_changed(name, healthy)

@@ -15,6 +15,7 @@ from attrs import field, frozen
 __all__ = [
     "BUILTIN_BACKEND_TYPES",
     "DEFAULT_BASE_URLS",
+    "DEFAULT_LATENCY_BUCKETS",
     "CacheProvider",
     "CachingSettings",
     "CircuitBreakerSettings",
@@ -125,6 +126,11 @@ def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
     return dict(value) if value else {}
 
 
+def _headers_repr(value: Mapping[str, str]) -> str:
+    # Header values are often credentials (Authorization, api-key): show only the names.
+    return repr(dict.fromkeys(value, "[REDACTED]"))
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     return tuple(value) if value else ()
 
@@ -160,7 +166,9 @@ class LlmBackendConfig:
     #: Streams: longest silence between two events (default: the global setting).
     stream_idle_timeout_seconds: float | None = None
     max_retries: int | None = None
-    additional_headers: Mapping[str, str] = field(factory=dict, converter=_headers)
+    additional_headers: Mapping[str, str] = field(
+        factory=dict, converter=_headers, repr=_headers_repr
+    )
     deployment_name: str | None = None
     api_version: str | None = None
     organization_id: str | None = None
@@ -241,14 +249,32 @@ class SecretsSettings:
     file_path: str | None = None
 
 
+#: Latency histogram buckets in seconds: LLM calls take from tens of milliseconds to minutes.
+DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0
+)  # fmt: skip
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    return tuple(value) if value else ()
+
+
 @frozen(kw_only=True)
 class TelemetrySettings:
+    #: Prometheus metrics in a registry the service owns (or one passed to open_service).
     enable_metrics: bool = True
+    #: OpenTelemetry spans through the global tracer provider (or one passed to open_service).
     enable_tracing: bool = False
     log_prompts: bool = False
     log_responses: bool = False
     service_name: str = "llmbackend"
     enable_cost_tracking: bool = True
+    #: Buckets of the latency and time-to-first-token histograms, in seconds, increasing.
+    latency_buckets_seconds: tuple[float, ...] = field(
+        default=DEFAULT_LATENCY_BUCKETS, converter=_floats
+    )
+    #: Extra regular expressions whose matches are redacted from logs, errors and spans.
+    redact_patterns: tuple[str, ...] = field(default=(), converter=_strings)
 
 
 @frozen(kw_only=True)

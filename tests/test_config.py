@@ -954,3 +954,22 @@ def test_unstructure_leaves_secrets_out_unless_asked() -> None:
     assert load_settings(json.loads(json.dumps(full)), environ={}) == settings
     reloaded = load_settings({**safe, "caching": {}}, environ={})
     assert reloaded.backends == (attrs.evolve(settings.backends[0], api_key=None),)
+
+
+def test_telemetry_buckets_and_redact_patterns_are_checked() -> None:
+    """Histogram buckets must increase and extra redaction patterns must compile; valid
+    values are kept as tuples."""
+    assert problems(
+        {"telemetry": {"latency_buckets_seconds": [1, 0.5], "redact_patterns": ["ok", "(x"]}}
+    ) == [
+        "telemetry.latency_buckets_seconds: must be one or more positive numbers in increasing"
+        " order",
+        "telemetry.redact_patterns[1]: not a regular expression: missing ), unterminated"
+        " subpattern at position 0",
+    ]
+    settings = load_settings(
+        {"telemetry": {"latency_buckets_seconds": [0.1, 1, 10], "redact_patterns": [r"int-\d+"]}},
+        environ={},
+    )
+    assert settings.telemetry.latency_buckets_seconds == (0.1, 1.0, 10.0)
+    assert settings.telemetry.redact_patterns == (r"int-\d+",)

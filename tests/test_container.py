@@ -103,7 +103,6 @@ async def test_unknown_plugin_type_names_the_loaded_plugins(tmp_path: Path) -> N
     [
         ({"caching": {"enabled": True}}, "caching.enabled"),
         ({"rate_limit": {"enabled": True}}, "rate_limit.enabled"),
-        ({"telemetry": {"enable_tracing": True}}, "telemetry.enable_tracing"),
         ({"backends": [fake_backend("a", max_spend_usd=5)]}, "backends[0].max_spend_usd"),
     ],
 )

@@ -367,3 +367,24 @@ async def test_cancelling_the_caller_cancels_the_attempt() -> None:
 
     assert asyncio.all_tasks() == before
     assert service.get_statistics().backends["slow"].failed_requests == 0
+
+
+async def test_statistics_are_a_read_only_snapshot() -> None:
+    """A snapshot cannot be changed and does not move with later traffic; it carries the
+    last health problem and the success rate."""
+    flaky = fake("flaky")
+    flaky.push(BackendUnavailableError("down", backend="flaky"))
+    service, _ = make_service(flaky, max_retries=1)
+    await service.chat(HELLO)
+
+    before = service.get_statistics()
+    await service.chat(HELLO)
+
+    with pytest.raises(TypeError):
+        before.backends["other"] = before.backends["flaky"]  # type: ignore[index]
+    stats = before.backends["flaky"]
+    assert (stats.total_requests, stats.successful_requests) == (2, 1)
+    assert stats.success_rate == 0.5
+    assert stats.health_error == "BackendUnavailableError: [flaky] down"
+    assert (stats.budget_spent_usd, stats.budget_limit_usd) == (None, None)
+    assert service.get_statistics().backends["flaky"].total_requests == 3

@@ -21,6 +21,7 @@ import attrs
 
 from llmbackend._logging import LoggerFactory
 from llmbackend._metrics import BackendMetrics
+from llmbackend._redaction import Redactor, secrets_of_headers
 from llmbackend.errors import (
     BackendError,
     BackendTimeoutError,
@@ -85,7 +86,10 @@ class BaseLlmBackend(abc.ABC):
         self.config = config
         self.name = config.name
         self.backend_type = config.resolved_type
-        self._logger_factory = logger_factory or LoggerFactory()
+        # Whatever else is configured, this backend's own credentials are never logged.
+        self._logger_factory = (logger_factory or LoggerFactory()).with_secrets(
+            config.api_key, *secrets_of_headers(config.additional_headers)
+        )
         self._log = self._logger_factory("llmbackend.backend").bind(
             backend=self.name, backend_type=self.backend_type
         )
@@ -231,13 +235,13 @@ class BaseLlmBackend(abc.ABC):
             if parts and not isinstance(exc, StreamInterruptedError):
                 # Content already reached the caller: the stream is cut, not merely failed.
                 cut = StreamInterruptedError(
-                    f"stream interrupted: {exc.message}",
+                    f"stream interrupted: {self.redactor.text(exc.message)}",
                     backend=self.name,
                     status=exc.status,
                     partial_text="".join(parts),
                     usage=usage,
                 )
-                self._failed("stream", cut, started)
+                self._failed("stream", cut, started, cause=exc)
                 raise cut from exc
             self._failed("stream", exc, started)
             raise
@@ -302,7 +306,7 @@ class BaseLlmBackend(abc.ABC):
                 async with asyncio.timeout(limit_seconds or self.attempt_timeout):
                     await self._check_available()
         except LlmBackendError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {self.redactor.scrub(exc)}"
         return BackendHealth(
             backend=self.name,
             available=error is None,
@@ -310,6 +314,11 @@ class BaseLlmBackend(abc.ABC):
             checked_at=datetime.now(UTC),
             error=error,
         )
+
+    @property
+    def redactor(self) -> Redactor:
+        """Removes secrets (this backend's key included) from text and exceptions."""
+        return self._logger_factory.redactor
 
     def statistics(self) -> BackendStatistics:
         """A frozen snapshot of this backend's counters."""
@@ -400,8 +409,17 @@ class BaseLlmBackend(abc.ABC):
         if not self.supports(capability):
             raise NotSupportedError(self.name, capability.value)
 
-    def _failed(self, operation: str, exc: LlmBackendError, started: float) -> None:
+    def _failed(
+        self,
+        operation: str,
+        exc: LlmBackendError,
+        started: float,
+        cause: BaseException | None = None,
+    ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000.0
+        self.redactor.scrub(exc)
+        if cause is not None:
+            self.redactor.scrub(cause)
         if isinstance(exc, NotSupportedError):
             return  # a capability question, not a failure of the backend
         self.record_failure(exc, duration_ms)
