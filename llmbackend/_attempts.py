@@ -21,6 +21,7 @@ from llmbackend.errors import (
     AllBackendsFailedError,
     BackendError,
     BackendTimeoutError,
+    BudgetExceededError,
     CircuitOpenError,
     ContentFilteredError,
     ContextLengthExceededError,
@@ -139,7 +140,8 @@ class AttemptPlan:
         if isinstance(exc, NotSupportedError):
             self.skip(backend.name, str(exc))
             return
-        if isinstance(exc, CircuitOpenError):
+        if isinstance(exc, CircuitOpenError | BudgetExceededError):
+            # Not attempted: the breaker is open or the budget is spent. Say so, move on.
             self.skip(backend.name, exc.message)
             return
         self.errors.append(exc)

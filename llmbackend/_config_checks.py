@@ -96,6 +96,7 @@ RANGES: Final[Mapping[type, Mapping[str, _Range]]] = {
         "cost_per_million_output_tokens": _NON_NEGATIVE,
         "max_spend_usd": _NON_NEGATIVE,
         "spend_reset_day_of_month": _Range(1, 31),
+        "tokens_per_minute": _AT_LEAST_ONE,
     },
     CircuitBreakerSettings: {
         "failure_threshold": _AT_LEAST_ONE,
@@ -109,6 +110,7 @@ RANGES: Final[Mapping[type, Mapping[str, _Range]]] = {
         "window_seconds": _POSITIVE,
         "max_concurrent_requests": _AT_LEAST_ONE,
         "queue_limit": _AT_LEAST_ONE,
+        "queue_timeout_seconds": _POSITIVE,
     },
     CachingSettings: {"expiration_minutes": _POSITIVE, "max_cache_size_mb": _POSITIVE},
     HealthCheckSettings: {
@@ -170,6 +172,7 @@ def check_settings(
         else:
             first_index[backend.name] = index
         _check_type(backend, path, log)
+        _check_budget(backend, path, log)
         _check_ranges(backend, path, log)
 
 
@@ -193,6 +196,21 @@ def _check_ranges(section: object, path: KeyPath, log: ProblemLog) -> None:
         value = getattr(section, name)
         if value is not None and not allowed.allows(value):
             log.add((*path, name), f"{allowed}, got {log.show((*path, name), value)}")
+
+
+def _check_budget(backend: LlmBackendConfig, path: KeyPath, log: ProblemLog) -> None:
+    """A spend limit needs prices: without them no call can be priced or reserved."""
+    priced = (
+        backend.cost_per_million_input_tokens is not None
+        or backend.cost_per_million_output_tokens is not None
+    )
+    # A negative limit is already reported by the range check.
+    if backend.max_spend_usd is not None and backend.max_spend_usd >= 0 and not priced:
+        log.add(
+            (*path, "max_spend_usd"),
+            "a budget needs prices: set cost_per_million_input_tokens and"
+            " cost_per_million_output_tokens",
+        )
 
 
 def _check_type(backend: LlmBackendConfig, path: KeyPath, log: ProblemLog) -> None:

@@ -41,7 +41,7 @@ async def fan_out(
             report_skips=False,  # the whole request's plan reported them once
         )
         branch.deadline = plan.deadline
-        response = await service.serve(branch, Capability.CHAT, lambda b: b.chat(request))
+        response = await service.serve(branch, Capability.CHAT, lambda b: b.chat(request), request)
         return time.monotonic(), response
 
     tasks = {backend: asyncio.create_task(one(backend)) for backend in plan.queue}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from llmbackend._observer import NOOP_REQUEST, RequestObservation
+from llmbackend._state_guard import request_estimate
 from llmbackend.backends.base import BaseLlmBackend, Capability
 from llmbackend.errors import (
     BackendError,
@@ -74,7 +75,7 @@ async def _first_then_rest(
         yield event
 
 
-async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read best in one place
+async def recovering_stream(  # noqa: PLR0912, PLR0915  # the recovery decisions read best together
     service: LlmService, request: ChatRequest, observation: RequestObservation = NOOP_REQUEST
 ) -> AsyncGenerator[StreamEvent, None]:
     """The service's stream: failover, then ``stream_recovery`` after content was shown."""
@@ -96,10 +97,12 @@ async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read bes
             attempt = _with_prefill(request, shown) if prefill else request
             delivered = False
             usage = None
+            estimate, max_tokens = request_estimate(attempt, backend)
             try:
-                async with contextlib.aclosing(
-                    service.guard.stream(backend, attempt, plan)
-                ) as events:
+                async with (
+                    service.state.attempt(backend, estimate, max_tokens) as bill,
+                    contextlib.aclosing(service.guard.stream(backend, attempt, plan)) as events,
+                ):
                     async for event in _first_then_rest(events, plan.remaining(), backend.name):
                         content = isinstance(event, TextDelta | ToolCallDelta)
                         if content and cut is not None and not delivered:
@@ -116,8 +119,13 @@ async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read bes
                             shown += event.text
                         elif isinstance(event, UsageEvent):
                             usage = event.usage
+                            bill.cost_usd = backend.cost_of(event.usage)
+                            bill.tokens = event.usage.total_tokens
+                        # A cut after content may still be charged: keep the worst case.
+                        bill.charged_unknown = delivered
                         yield event
             except (BackendError, NotSupportedError) as exc:
+                service.budget_settled(backend.name)
                 if delivered:
                     # The backend already reports a cut as StreamInterruptedError; keep its
                     # message and root cause, but with all the text the caller has seen.
@@ -146,6 +154,7 @@ async def recovering_stream(  # noqa: PLR0912  # the recovery decisions read bes
                         raise cut from exc
                     raise
                 continue
+            service.budget_settled(backend.name)
             return
     if cut is not None:
         raise cut from plan.exhausted("stream")

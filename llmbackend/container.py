@@ -22,6 +22,7 @@ from llmbackend._logging import LoggerFactory
 from llmbackend._observer import Observer
 from llmbackend._redaction import redactor_for
 from llmbackend._registry import PluginRegistry, default_registry
+from llmbackend._state_guard import build_state_guard, needs_store
 from llmbackend._telemetry import build_observer, metrics_registry_for
 from llmbackend.backends.base import BaseLlmBackend
 from llmbackend.config import load_settings
@@ -29,6 +30,7 @@ from llmbackend.errors import ConfigProblem, ConfigurationError, LlmBackendError
 from llmbackend.plugins import ILlmBackendPlugin
 from llmbackend.service import LlmService
 from llmbackend.settings import LlmBackendConfig, LlmSettings
+from llmbackend.state import StateStore, open_store
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -131,6 +133,9 @@ class Container(containers.DeclarativeContainer):
         redactor=redactor,
         extra=extra_observers,
     )
+    #: The shared-state store (opened by ``open_service`` when a feature needs one).
+    state_store: providers.Object[StateStore | None] = providers.Object(None)
+    state = providers.Singleton(build_state_guard, settings, state_store, logger_factory)
     service = providers.Singleton(
         LlmService,
         settings=settings,
@@ -138,34 +143,8 @@ class Container(containers.DeclarativeContainer):
         logger_factory=logger_factory,
         observer=observer,
         metrics_registry=metrics_registry,
+        state=state,
     )
-
-
-def unavailable_features(settings: LlmSettings) -> list[ConfigProblem]:
-    """Settings that ask for behaviour this version does not implement yet.
-
-    They are refused rather than silently ignored: a user who sets a budget must never
-    believe it is enforced when it is not.
-    """
-    problems = []
-    toggles = {
-        "rate_limit.enabled": settings.rate_limit.enabled,
-        "caching.enabled": settings.caching.enabled,
-    }
-    problems += [
-        ConfigProblem(path, "this feature is not available in this version; set it to false")
-        for path, enabled in toggles.items()
-        if enabled
-    ]
-    problems += [
-        ConfigProblem(
-            f"backends[{index}].max_spend_usd",
-            "spend budgets are not enforced in this version; remove the limit",
-        )
-        for index, config in enumerate(settings.backends)
-        if config.max_spend_usd is not None
-    ]
-    return problems
 
 
 @contextlib.asynccontextmanager
@@ -204,21 +183,29 @@ async def open_service(
             base_dir=base_dir,
         )
     )
-    container = Container(
-        settings=resolved,
-        registry=plugin_registry,
-        given_metrics_registry=providers.Object(metrics_registry),
-        tracer_provider=providers.Object(tracer_provider),
-        extra_observers=providers.Object(tuple(observers)),
-    )
-    service: LlmService = container.service()  # builds the backends; no I/O yet
-    try:
-        await _maybe_await(container.init_resources())
-        service.start()
-        yield service
-    finally:
-        await service.aclose()
-        await _maybe_await(container.shutdown_resources())
+    async with contextlib.AsyncExitStack() as stack:
+        store: StateStore | None = None
+        if needs_store(resolved):
+            caching = resolved.caching
+            store = await stack.enter_async_context(
+                open_store(caching.provider.value, caching.connection_string, caching.key_prefix)
+            )
+        container = Container(
+            settings=resolved,
+            registry=plugin_registry,
+            given_metrics_registry=providers.Object(metrics_registry),
+            tracer_provider=providers.Object(tracer_provider),
+            extra_observers=providers.Object(tuple(observers)),
+            state_store=providers.Object(store),
+        )
+        service: LlmService = container.service()  # builds the backends; no HTTP yet
+        try:
+            await _maybe_await(container.init_resources())
+            service.start()
+            yield service
+        finally:
+            await service.aclose()
+            await _maybe_await(container.shutdown_resources())
 
 
 async def _maybe_await(result: Awaitable[None] | None) -> None:
@@ -244,7 +231,6 @@ def _prepare(
     plugin_registry.load_from_settings(resolved.plugins, base_dir=base_dir or Path.cwd())
     problems: Sequence[ConfigProblem] = [
         *plugin_registry.check_backends(resolved.backends),
-        *unavailable_features(resolved),
     ]
     if problems:
         raise ConfigurationError(problems)

@@ -142,6 +142,10 @@ class ChatRequest:
     stream_recovery: StreamRecovery | None = field(
         default=None, converter=attrs.converters.optional(StreamRecovery)
     )
+    #: Per-request cache opt-outs: ``cache_read=False`` never serves a cached answer,
+    #: ``cache_write=False`` never stores this answer.
+    cache_read: bool = True
+    cache_write: bool = True
 
     @messages.validator
     def _check_messages(self, _attr: attrs.Attribute[Any], value: tuple[ChatMessage, ...]) -> None:
@@ -378,6 +382,8 @@ class BackendStatistics:
     budget_spent_usd: float | None = None
     #: The backend's ``max_spend_usd`` (``None``: no budget).
     budget_limit_usd: float | None = None
+    #: When the current budget period ends and spend resets (``None``: never / no budget).
+    budget_period_end: datetime | None = None
 
     @property
     def success_rate(self) -> float:
@@ -397,6 +403,9 @@ class ServiceStatistics:
     retries: int
     #: Read-only: a snapshot is not a handle on the service.
     backends: Mapping[str, BackendStatistics] = field(converter=_read_only)
+    #: Answers served from the response cache (they cost nothing and reach no backend).
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 @frozen(kw_only=True)

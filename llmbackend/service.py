@@ -22,6 +22,7 @@ import contextvars
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -33,6 +34,7 @@ from llmbackend._fan_out import fan_out
 from llmbackend._guard import BackendGuard
 from llmbackend._logging import LoggerFactory
 from llmbackend._observer import NOOP_REQUEST, ObservedHealthMonitor, Observer, RequestObservation
+from llmbackend._state_guard import StateGuard, request_estimate
 from llmbackend._strategies import StrategyState, order_candidates
 from llmbackend._streaming import recovering_stream
 from llmbackend._telemetry import build_observer, metrics_registry_for
@@ -57,6 +59,7 @@ from llmbackend.models import (
     StreamEvent,
 )
 from llmbackend.settings import LlmSettings, SelectionStrategy
+from llmbackend.state import CacheKey, StreamAssembler, replay_stream
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -103,8 +106,11 @@ class LlmService:
         observer: Observer | None = None,
         metrics_registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        state: StateGuard | None = None,
     ) -> None:
         self.settings = settings
+        #: Response cache, rate limits and budgets (all off unless configured).
+        self.state = state or StateGuard()
         self._backends = {backend.name: backend for backend in backends}
         # Failover order: priority ascending, then declaration order (sorted() is stable).
         self._ordered = sorted(backends, key=lambda backend: backend.config.priority)
@@ -126,6 +132,7 @@ class LlmService:
         #: Where this service's metrics are recorded (``None`` with metrics off).
         self.metrics_registry = metrics_registry
         self._budget_spent: dict[str, float] = {}
+        self._budget_period_end: dict[str, datetime | None] = {}
         self._sleep = sleep
         self._strategy = StrategyState(rng=rng or random.Random())  # noqa: S311  # not crypto
         self._counters = _Counters()
@@ -218,7 +225,9 @@ class LlmService:
                 health_error=health.last_error,
                 budget_spent_usd=self._budget_spent.get(backend.name),
                 budget_limit_usd=backend.config.max_spend_usd,
+                budget_period_end=self._budget_period_end.get(backend.name),
             )
+        cache = self.state.cache_statistics()
         return ServiceStatistics(
             requests=counters.requests,
             successful_requests=counters.successes,
@@ -226,6 +235,8 @@ class LlmService:
             failovers=self._plan_counters.failovers,
             retries=self._plan_counters.retries,
             backends=backends,
+            cache_hits=cache.hits if cache is not None else 0,
+            cache_misses=cache.misses if cache is not None else 0,
         )
 
     async def test_backends(self) -> dict[str, BackendHealth]:
@@ -260,31 +271,43 @@ class LlmService:
         return await self.chat(request.to_chat())
 
     async def chat(self, request: ChatRequest) -> LlmResponse:
-        """Chat through the backends with the configured (or requested) strategy."""
+        """Chat through the backends with the configured (or requested) strategy.
+
+        A cached answer (when caching is on) is served without any backend, rate limit or
+        budget; a fresh normal answer is stored for next time.
+        """
         strategy = request.selection_strategy or self.settings.selection_strategy
-        if strategy is SelectionStrategy.SIMULTANEOUS:
-            return await self._run("chat", request, lambda seen: fan_out(self, request, seen))
-        return await self._run(
-            "chat",
-            request,
-            lambda seen: self.serve(
-                self.plan_for(request, Capability.CHAT, seen),
-                Capability.CHAT,
-                lambda backend: backend.chat(request),
-            ),
-        )
+        fanning_out = strategy is SelectionStrategy.SIMULTANEOUS
+
+        async def serve(seen: RequestObservation) -> LlmResponse:
+            key = None if fanning_out else self.state.cache_key(request)
+            cached = await self.state.lookup(request, key)
+            if cached is not None:
+                seen.cache_hit(cached.backend)
+                return cached
+            async with self.state.admission():
+                if fanning_out:
+                    return await fan_out(self, request, seen)
+                plan = self.plan_for(request, Capability.CHAT, seen)
+                response = await self.serve(
+                    plan, Capability.CHAT, lambda backend: backend.chat(request), request
+                )
+            await self.state.remember(request, key, response)
+            return response
+
+        return await self._run("chat", request, serve)
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         """Embed through the backends that support embeddings."""
-        return await self._run(
-            "embed",
-            request,
-            lambda seen: self.serve(
-                self.plan_for(request, Capability.EMBEDDINGS, seen),
-                Capability.EMBEDDINGS,
-                lambda backend: backend.embed(request),
-            ),
-        )
+
+        async def serve(seen: RequestObservation) -> EmbeddingResponse:
+            async with self.state.admission():
+                plan = self.plan_for(request, Capability.EMBEDDINGS, seen)
+                return await self.serve(
+                    plan, Capability.EMBEDDINGS, lambda backend: backend.embed(request), request
+                )
+
+        return await self._run("embed", request, serve)
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Stream an answer as typed events (see :mod:`llmbackend._streaming`).
@@ -296,7 +319,14 @@ class LlmService:
         observation, token = self._begin("stream", request)
         finish: FinishEvent | None = None
         try:
-            async with contextlib.aclosing(recovering_stream(self, request, observation)) as events:
+            key = self.state.cache_key(request)
+            cached = await self.state.lookup(request, key)
+            if cached is not None:
+                observation.cache_hit(cached.backend)
+                source = replay_stream(cached)
+            else:
+                source = self._live_stream(request, observation, key)
+            async with contextlib.aclosing(source) as events:
                 async for event in events:
                     if isinstance(event, FinishEvent):
                         finish = event
@@ -311,6 +341,21 @@ class LlmService:
             observation.succeeded(finish.backend, finish.model)
         else:  # only a backend breaking the stream contract ends without a finish
             observation.succeeded("", None)
+
+    async def _live_stream(
+        self, request: ChatRequest, observation: RequestObservation, key: CacheKey | None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """A stream from the backends; a complete answer is stored in the cache (a cut or
+        restarted-and-failed stream never is)."""
+        assembler = StreamAssembler()
+        async with (
+            self.state.admission(),
+            contextlib.aclosing(recovering_stream(self, request, observation)) as events,
+        ):
+            async for event in events:
+                assembler.feed(event)
+                yield event
+        await self.state.remember(request, key, assembler.response())
 
     # --- plumbing shared with the streaming and fan-out modules ---------------------------
 
@@ -356,13 +401,15 @@ class LlmService:
         plan: AttemptPlan,
         capability: Capability,
         call: Callable[[BaseLlmBackend], Awaitable[R]],
+        request: ChatRequest | EmbeddingRequest,
     ) -> R:
-        """Run ``plan``: each attempt through the guard, under the plan's deadline."""
+        """Run ``plan``: each attempt admitted by the backend's rate limit and budget, then
+        through the breaker guard, under the plan's deadline."""
         async with contextlib.aclosing(plan.attempts()) as attempts:
             async for backend in attempts:
                 try:
                     async with asyncio.timeout(plan.remaining()):
-                        return await self.guard.call(backend, call, plan)
+                        return await self._attempt(backend, call, plan, request)
                 except TimeoutError:
                     error = BackendTimeoutError(
                         "the request deadline was spent", backend=backend.name
@@ -371,6 +418,32 @@ class LlmService:
                 except (BackendError, NotSupportedError) as exc:
                     plan.failed(backend, exc)
         raise plan.exhausted("chat" if capability is Capability.CHAT else capability.value)
+
+    async def _attempt(
+        self,
+        backend: BaseLlmBackend,
+        call: Callable[[BaseLlmBackend], Awaitable[R]],
+        plan: AttemptPlan,
+        request: ChatRequest | EmbeddingRequest,
+    ) -> R:
+        if not self.state.active:
+            return await self.guard.call(backend, call, plan)
+        estimate, max_tokens = request_estimate(request, backend)
+        try:
+            async with self.state.attempt(backend, estimate, max_tokens) as bill:
+                result = await self.guard.call(backend, call, plan)
+                bill.cost_usd = result.cost_usd
+                bill.tokens = result.prompt_tokens + getattr(result, "completion_tokens", 0)
+        finally:
+            self.budget_settled(backend.name)
+        return result
+
+    def budget_settled(self, name: str) -> None:
+        """Report ``name``'s budget after a reservation changed (statistics and gauges)."""
+        snapshot = self.state.budget(name)
+        if snapshot is not None:
+            self._budget_period_end[name] = snapshot.period_end
+            self.report_budget(name, snapshot.spent_usd, snapshot.limit_usd)
 
     # --- internals -------------------------------------------------------------------------
 

@@ -186,6 +186,11 @@ class LlmBackendConfig:
     spend_reset_day_of_week: Weekday = field(default=Weekday.MONDAY, converter=Weekday)
     spend_reset_day_of_month: int = 1
     log_budget_exceeded: bool = True
+    #: This backend's own limits (requests per window, concurrency, queue), besides the
+    #: global ``rate_limit``.
+    rate_limit: RateLimitSettings | None = None
+    #: Tokens (input estimate + max_tokens) this backend may be sent per minute.
+    tokens_per_minute: int | None = None
 
     @property
     def resolved_type(self) -> str:
@@ -217,6 +222,8 @@ class RateLimitSettings:
     window_seconds: float = 60.0
     max_concurrent_requests: int = 10
     queue_limit: int = 100
+    #: Longest wait in the queue before the SDK's own ``RateLimitedError(source="sdk")``.
+    queue_timeout_seconds: float = 30.0
 
 
 @frozen(kw_only=True)

@@ -723,6 +723,7 @@ def test_range_boundaries_are_allowed() -> None:
                     frequency_penalty=-2,
                     presence_penalty=2,
                     max_spend_usd=0,
+                    cost_per_million_input_tokens=0,
                     spend_reset_day_of_month=31,
                     priority=-7,
                 )
@@ -973,3 +974,13 @@ def test_telemetry_buckets_and_redact_patterns_are_checked() -> None:
     )
     assert settings.telemetry.latency_buckets_seconds == (0.1, 1.0, 10.0)
     assert settings.telemetry.redact_patterns == (r"int-\d+",)
+
+
+def test_a_budget_without_prices_is_refused() -> None:
+    """max_spend_usd without prices cannot be enforced, so it is an error at its path."""
+    assert problems({"backends": [backend(max_spend_usd=5)]}) == [
+        "backends[0].max_spend_usd: a budget needs prices: set cost_per_million_input_tokens"
+        " and cost_per_million_output_tokens"
+    ]
+    priced = backend(max_spend_usd=5, cost_per_million_output_tokens=1.0)
+    assert load_settings({"backends": [priced]}, environ={}).backends[0].max_spend_usd == 5

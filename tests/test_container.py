@@ -98,25 +98,6 @@ async def test_unknown_plugin_type_names_the_loaded_plugins(tmp_path: Path) -> N
     assert plugin.created == 0
 
 
-@pytest.mark.parametrize(
-    ("overrides", "path"),
-    [
-        ({"caching": {"enabled": True}}, "caching.enabled"),
-        ({"rate_limit": {"enabled": True}}, "rate_limit.enabled"),
-        ({"backends": [fake_backend("a", max_spend_usd=5)]}, "backends[0].max_spend_usd"),
-    ],
-)
-async def test_features_not_built_yet_are_refused_not_ignored(
-    tmp_path: Path, overrides: dict[str, Any], path: str
-) -> None:
-    """Asking for a feature this version lacks fails at start-up with the setting's path."""
-    settings: dict[str, Any] = {"backends": [fake_backend("a")], **overrides}
-    with pytest.raises(ConfigurationError) as raised:
-        async with open_service(settings, plugins=[FakeBackendPlugin()], base_dir=tmp_path):
-            pytest.fail("the service must not start")
-    assert [problem.path for problem in raised.value.problems] == [path]
-
-
 async def test_missing_specific_plugin_is_a_plugin_error(tmp_path: Path) -> None:
     """A plugin named in specific_plugins that cannot load stops the start with PluginError."""
     settings = {
