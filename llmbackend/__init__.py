@@ -6,7 +6,9 @@ Start with :func:`open_service`::
         answer = await service.complete(LlmRequest(prompt="Hello"))
 """
 
-from llmbackend._logging import LoggerFactory
+from llmbackend._correlation import correlation_id
+from llmbackend._logging import LoggerFactory, configure_logging
+from llmbackend._observer import Observer
 from llmbackend._registry import (
     PluginRegistry,
     default_registry,
@@ -15,6 +17,7 @@ from llmbackend._registry import (
     register_plugin,
     unregister_plugin,
 )
+from llmbackend._telemetry import add_metrics_route, render_metrics
 from llmbackend.backends.base import BaseLlmBackend, Capability
 from llmbackend.config import load_settings
 from llmbackend.container import open_service
@@ -37,6 +40,7 @@ from llmbackend.errors import (
     NotSupportedError,
     PluginError,
     RateLimitedError,
+    StateStoreError,
     StreamInterruptedError,
 )
 from llmbackend.models import (
@@ -53,6 +57,7 @@ from llmbackend.models import (
     PluginInfo,
     ServiceStatistics,
     StreamEvent,
+    StreamRestarted,
     TextDelta,
     ToolCall,
     ToolCallDelta,
@@ -75,7 +80,9 @@ from llmbackend.settings import (
     SecretsProvider,
     SecretsSettings,
     SelectionStrategy,
+    SimultaneousPrimary,
     SpendResetPeriod,
+    StreamRecovery,
     TelemetrySettings,
     Weekday,
 )
@@ -121,6 +128,7 @@ __all__ = [
     "MemorySettings",
     "ModelNotFoundError",
     "NotSupportedError",
+    "Observer",
     "PluginError",
     "PluginInfo",
     "PluginRegistry",
@@ -131,9 +139,13 @@ __all__ = [
     "SecretsSettings",
     "SelectionStrategy",
     "ServiceStatistics",
+    "SimultaneousPrimary",
     "SpendResetPeriod",
+    "StateStoreError",
     "StreamEvent",
     "StreamInterruptedError",
+    "StreamRecovery",
+    "StreamRestarted",
     "TelemetrySettings",
     "TextDelta",
     "ToolCall",
@@ -142,11 +154,15 @@ __all__ = [
     "Usage",
     "UsageEvent",
     "Weekday",
+    "add_metrics_route",
+    "configure_logging",
+    "correlation_id",
     "default_registry",
     "get_plugin_info",
     "load_plugin",
     "load_settings",
     "open_service",
     "register_plugin",
+    "render_metrics",
     "unregister_plugin",
 ]

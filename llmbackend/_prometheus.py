@@ -63,6 +63,7 @@ _SKIP_CATEGORIES = (
     ("unhealthy", "unhealthy"),
     ("not selected", "not_selected"),
     ("budget", "budget_exhausted"),
+    ("spend limit", "budget_exhausted"),
     ("spend", "budget_exhausted"),
     ("rate limit", "rate_limited"),
 )
