@@ -8,7 +8,7 @@ Start with :func:`open_service`::
 
 from llmbackend._correlation import correlation_id
 from llmbackend._logging import LoggerFactory, configure_logging
-from llmbackend._observer import Observer
+from llmbackend._observer import AttemptObservation, Observer, RequestObservation
 from llmbackend._registry import (
     PluginRegistry,
     default_registry,
@@ -91,6 +91,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllBackendsFailedError",
+    "AttemptObservation",
     "AuthenticationError",
     "BackendError",
     "BackendHealth",
@@ -135,6 +136,7 @@ __all__ = [
     "PluginSettings",
     "RateLimitSettings",
     "RateLimitedError",
+    "RequestObservation",
     "SecretsProvider",
     "SecretsSettings",
     "SelectionStrategy",

@@ -94,6 +94,7 @@ RANGES: Final[Mapping[type, Mapping[str, _Range]]] = {
         "max_retries": _NON_NEGATIVE,
         "cost_per_million_input_tokens": _NON_NEGATIVE,
         "cost_per_million_output_tokens": _NON_NEGATIVE,
+        "cost_per_million_cached_input_tokens": _NON_NEGATIVE,
         "max_spend_usd": _NON_NEGATIVE,
         "spend_reset_day_of_month": _Range(1, 31),
         "tokens_per_minute": _AT_LEAST_ONE,

@@ -179,6 +179,8 @@ class LlmBackendConfig:
     enable_function_calling: bool = True
     cost_per_million_input_tokens: float | None = None
     cost_per_million_output_tokens: float | None = None
+    #: Price of input tokens served from the provider's prompt cache (default: the input price).
+    cost_per_million_cached_input_tokens: float | None = None
     max_spend_usd: float | None = None
     spend_reset_period: SpendResetPeriod = field(
         default=SpendResetPeriod.NEVER, converter=SpendResetPeriod

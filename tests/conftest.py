@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 
 from llmbackend.testing._replay import ReplayServer
 
@@ -33,3 +34,11 @@ async def replay_server() -> AsyncIterator[ReplayServer]:
     """A loopback server with nothing scripted and no default reply, stopped after the test."""
     async with ReplayServer() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """``structlog.testing.capture_logs`` leaves structlog configured; later tests must see
+    the library's default (unconfigured) path, as an application that configured nothing."""
+    yield
+    structlog.reset_defaults()

@@ -24,6 +24,7 @@ from llmbackend.models import (
     StreamEvent,
     TextDelta,
     ToolDefinition,
+    Usage,
 )
 from llmbackend.settings import LlmBackendConfig
 from llmbackend.testing import FakeBackend, FakeReply
@@ -202,3 +203,21 @@ def test_api_key_is_not_in_repr() -> None:
     backend = FakeBackend(config(api_key="sk-very-secret"))
     assert "sk-very-secret" not in repr(backend)
     assert "sk-very-secret" not in repr(backend.config)
+
+
+def test_cached_input_tokens_use_their_own_price() -> None:
+    """With a cached-input price, cached prompt tokens are charged at it; without, at the
+    input price."""
+    usage = Usage.of(1000, 100, cached=600)
+    plain = FakeBackend(
+        config(cost_per_million_input_tokens=10.0, cost_per_million_output_tokens=20.0)
+    )
+    discounted = FakeBackend(
+        config(
+            cost_per_million_input_tokens=10.0,
+            cost_per_million_output_tokens=20.0,
+            cost_per_million_cached_input_tokens=1.0,
+        )
+    )
+    assert plain.cost_of(usage) == pytest.approx((1000 * 10 + 100 * 20) / 1e6)
+    assert discounted.cost_of(usage) == pytest.approx((400 * 10 + 600 * 1 + 100 * 20) / 1e6)

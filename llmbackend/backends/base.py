@@ -335,13 +335,21 @@ class BaseLlmBackend(abc.ABC):
         self._metrics.record_failure(error, duration_ms)
 
     def cost_of(self, usage: Usage) -> float | None:
-        """Cost in USD of ``usage`` at the configured prices; ``None`` when no price is set."""
-        input_price = self.config.cost_per_million_input_tokens
-        output_price = self.config.cost_per_million_output_tokens
+        """Cost in USD of ``usage`` at the configured prices; ``None`` when no price is set.
+
+        Input tokens the provider served from its prompt cache are charged at
+        ``cost_per_million_cached_input_tokens`` when that price is set.
+        """
+        config = self.config
+        input_price = config.cost_per_million_input_tokens
+        output_price = config.cost_per_million_output_tokens
         if input_price is None and output_price is None:
             return None
+        cached_price = config.cost_per_million_cached_input_tokens
+        cached = usage.cached_prompt_tokens if cached_price is not None else 0
         return (
-            usage.prompt_tokens * (input_price or 0.0)
+            (usage.prompt_tokens - cached) * (input_price or 0.0)
+            + cached * (cached_price or 0.0)
             + usage.completion_tokens * (output_price or 0.0)
         ) / 1_000_000.0
 
