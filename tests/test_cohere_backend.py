@@ -829,3 +829,25 @@ def test_capabilities(make_backend: BackendFactory) -> None:
         "embeddings",
         "models",
     }
+
+
+async def test_bad_frame_amid_a_healthy_stream_is_skipped_and_counted(
+    server: ReplayServer, local: CohereBackend
+) -> None:
+    """After content has flowed, one undecodable frame is skipped; the finish counts it."""
+
+    def text(piece: str) -> dict[str, object]:
+        return {
+            "type": "content-delta",
+            "index": 0,
+            "delta": {"message": {"content": {"text": piece}}},
+        }
+
+    end = {"type": "message-end", "delta": {"finish_reason": "COMPLETE"}}
+    server.enqueue(
+        sse_reply(sse(text("Hel"), '{"type": "content-delta", "delta": ', text("lo"), end))
+    )
+    events = await collect(local)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello"
+    assert isinstance(events[-1], FinishEvent)
+    assert events[-1].malformed_events == 1

@@ -14,7 +14,7 @@ import enum
 import time
 from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import attrs
@@ -27,6 +27,7 @@ from llmbackend.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     LlmBackendError,
+    MalformedResponseError,
     NotSupportedError,
     StreamInterruptedError,
     map_transport_errors,
@@ -42,12 +43,13 @@ from llmbackend.models import (
     LlmResponse,
     StreamEvent,
     TextDelta,
+    ToolCallDelta,
     Usage,
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
 
-__all__ = ["BaseLlmBackend", "Capability", "SessionFactory"]
+__all__ = ["BaseLlmBackend", "Capability", "SessionFactory", "StreamFrames"]
 
 #: Returns the shared aiohttp session; backends borrow it and never close it.
 SessionFactory = Callable[[], aiohttp.ClientSession]
@@ -453,3 +455,39 @@ def _first(*values: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+T = TypeVar("T")
+
+
+class StreamFrames:
+    """One stream's tolerance for undecodable frames.
+
+    Before any content reached the caller a bad frame fails the attempt (the service may
+    fail over). After it, one bad frame in an otherwise healthy stream is skipped, counted,
+    logged, and the count is reported on the ``FinishEvent``.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self.content_seen = False
+        self.skipped = 0
+
+    def decode(self, decode: Callable[[], T]) -> T | None:
+        """``decode()``'s result, or ``None`` for a frame to skip."""
+        try:
+            return decode()
+        except MalformedResponseError as exc:
+            if not self.content_seen:
+                raise
+            self.skipped += 1
+            self._log.warning("stream_frame_skipped", skipped=self.skipped, error=exc.message)
+            return None
+
+    def passing(self, event: StreamEvent) -> StreamEvent:
+        """Note content going by; stamp the skipped count on the finish."""
+        if isinstance(event, TextDelta | ToolCallDelta):
+            self.content_seen = True
+        elif isinstance(event, FinishEvent) and self.skipped:
+            return attrs.evolve(event, malformed_events=event.malformed_events + self.skipped)
+        return event

@@ -17,13 +17,14 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 from llmbackend._sse import iter_sse
 from llmbackend.backends import _cohere_wire as wire
 from llmbackend.backends._http import HttpBackend
-from llmbackend.backends.base import Capability
+from llmbackend.backends.base import Capability, StreamFrames
 from llmbackend.errors import AuthenticationError, BackendError, MalformedResponseError
 from llmbackend.models import (
     ChatRequest,
@@ -101,17 +102,21 @@ class CohereBackend(HttpBackend):
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self.chat_body(request, stream=True)
         state = wire.StreamState(backend=self.name, model=body["model"])
+        frames = StreamFrames(self._log)
         async with self.open_stream("POST", "v2/chat", body=body) as response:
             async for event in iter_sse(response.content):
                 if event.data.strip() == _DONE:
                     break
-                for item in state.feed(wire.decode_event(event.data, self.name)):
-                    yield item
+                decoded = frames.decode(functools.partial(wire.decode_event, event.data, self.name))
+                if decoded is None:
+                    continue
+                for item in state.feed(decoded):
+                    yield frames.passing(item)
                 if state.finished:
                     break  # message-end is the last event that matters
         if not state.finished:
             return  # cut short: no FinishEvent, so the caller sees StreamInterruptedError
-        yield state.finish()
+        yield frames.passing(state.finish())
 
     # --- embeddings, models, availability ---------------------------------------------------
 
