@@ -80,12 +80,8 @@ class AnthropicBackend(HttpBackend):
         """``v1/<name>``, unless the configured base URL already ends in ``/v1``."""
         return name if self.base_url().endswith("/v1") else f"v1/{name}"
 
-    def classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
-        api_key = self.config.api_key
-        if api_key and api_key in text:
-            # A proxy may echo the credential back; it must never reach an exception.
-            text = text.replace(api_key, "***")
-        error = super().classify_error(status, headers, text)
+    def _classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
+        error = super()._classify_error(status, headers, text)
         if error.code == "request_too_large" or status == 413:
             return InvalidRequestError(
                 error.message, backend=self.name, status=status, code=error.code

@@ -28,19 +28,15 @@ differently:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
-
-from llmbackend._logging import LoggerFactory
-from llmbackend.backends.base import Capability, SessionFactory
+from llmbackend.backends._http import TokenProvider
+from llmbackend.backends.base import Capability
 from llmbackend.backends.openai import OpenAIBackend
 from llmbackend.errors import (
-    AuthenticationError,
     BackendError,
     ContentFilteredError,
     LlmBackendError,
@@ -53,21 +49,11 @@ from llmbackend.models import (
     TextDelta,
     ToolCallDelta,
 )
-from llmbackend.settings import LlmBackendConfig
 
 __all__ = ["DEFAULT_API_VERSION", "AzureOpenAIBackend", "TokenProvider", "filtered_categories"]
 
 #: The ``api-version`` sent when the config names none (latest GA of the dated inference API).
 DEFAULT_API_VERSION = "2024-10-21"
-
-#: An async callable returning a bearer token (Entra ID), called once per request.
-TokenProvider = Callable[[], Awaitable[str]]
-
-#: (backend, token) for the request being built: ``headers()`` is synchronous, the token
-#: provider is not, so the token travels to ``auth_headers`` through the current context.
-_BEARER: contextvars.ContextVar[tuple[object, str] | None] = contextvars.ContextVar(
-    "llmbackend_azure_bearer", default=None
-)
 
 
 def filtered_categories(results: Any) -> list[str]:
@@ -93,17 +79,6 @@ class AzureOpenAIBackend(OpenAIBackend):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.EMBEDDINGS}
     )
-
-    def __init__(
-        self,
-        config: LlmBackendConfig,
-        *,
-        logger_factory: LoggerFactory | None = None,
-        session_factory: SessionFactory | None = None,
-        token_provider: TokenProvider | None = None,
-    ) -> None:
-        super().__init__(config, logger_factory=logger_factory, session_factory=session_factory)
-        self._token_provider = token_provider
 
     @property
     def model(self) -> str | None:
@@ -136,49 +111,12 @@ class AzureOpenAIBackend(OpenAIBackend):
         return f"{super().url(path)}?api-version={quote(self.api_version, safe='')}"
 
     def auth_headers(self) -> dict[str, str]:
-        bearer = _BEARER.get()
-        if bearer is not None and bearer[0] is self:
-            return {"Authorization": f"Bearer {bearer[1]}"}
-        if self.config.api_key:
+        if self.config.api_key and self.token_provider is None:
             return {"api-key": self.config.api_key}
-        return {}
+        return {}  # with a token provider, request_headers sends its bearer token instead
 
-    async def request_json(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Mapping[str, Any] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> Any:
-        with self._bearer(await self._token()):
-            answer = await super().request_json(method, path, body=body, params=params)
-        if path.endswith("/chat/completions"):
-            self._raise_if_filtered(answer)
-        return answer
-
-    @contextlib.asynccontextmanager
-    async def open_stream(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Mapping[str, Any] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        token = await self._token()
-        async with contextlib.AsyncExitStack() as stack:
-            with self._bearer(token):  # only while the request is sent
-                response = await stack.enter_async_context(
-                    super().open_stream(method, path, body=body, params=params)
-                )
-            yield response
-
-    def classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
-        bearer = _BEARER.get()
-        if bearer is not None and bearer[1] in text:
-            text = text.replace(bearer[1], "***")  # never echo the token into an error
-        error = super().classify_error(status, headers, text)
+    def _classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
+        error = super()._classify_error(status, headers, text)
         if isinstance(error, ContentFilteredError) and error.code == "content_filter":
             categories = filtered_categories(_inner_filter_result(text))
             return ContentFilteredError(
@@ -188,31 +126,6 @@ class AzureOpenAIBackend(OpenAIBackend):
                 code=error.code,
             )
         return error
-
-    async def _token(self) -> str | None:
-        if self._token_provider is None:
-            return None
-        try:
-            token = await self._token_provider()
-        except Exception as exc:
-            # Only the type: a credential library's message may carry secrets.
-            raise AuthenticationError(
-                f"the token provider failed: {type(exc).__name__}", backend=self.name
-            ) from exc
-        if not isinstance(token, str) or not token:
-            raise AuthenticationError("the token provider returned no token", backend=self.name)
-        return token
-
-    @contextlib.contextmanager
-    def _bearer(self, token: str | None) -> Iterator[None]:
-        if token is None:
-            yield
-            return
-        reset = _BEARER.set((self, token))
-        try:
-            yield
-        finally:
-            _BEARER.reset(reset)
 
     # --- content filter -------------------------------------------------------------------
 
@@ -231,6 +144,11 @@ class AzureOpenAIBackend(OpenAIBackend):
             code="content_filter",
             retryable=False,
         )
+
+    async def chat_completion(self, body: Mapping[str, Any]) -> Any:
+        answer = await super().chat_completion(body)
+        self._raise_if_filtered(answer)
+        return answer
 
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         answered = False
@@ -258,7 +176,7 @@ class AzureOpenAIBackend(OpenAIBackend):
 
     async def _check_available(self) -> None:
         probe = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-        await self.request_json("POST", self.api_path("chat/completions"), body=probe)
+        await self.chat_completion(probe)
 
 
 def _inner_filter_result(text: str) -> Any:

@@ -63,12 +63,8 @@ class CohereBackend(HttpBackend):
         api_key = self.config.api_key
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
-        api_key = self.config.api_key
-        if api_key and api_key in text:
-            # A proxy may echo the credential back; it must never reach an exception.
-            text = text.replace(api_key, "***")
-        error = super().classify_error(status, headers, text)
+    def _classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
+        error = super()._classify_error(status, headers, text)
         if status == 498:
             return AuthenticationError(error.message, backend=self.name, status=status)
         return error

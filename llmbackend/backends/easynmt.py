@@ -127,15 +127,15 @@ class EasyNmtBackend(HttpBackend):
             raise MalformedResponseError("model_name did not return a name", backend=self.name)
         return [name]
 
-    def classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
+    def _classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
         detail = _detail(text)
         if detail is None:
-            return super().classify_error(status, headers, text)
+            return super()._classify_error(status, headers, text)
         if status == 403 and detail.startswith(_TRANSLATION_ERROR_PREFIX):
             return InvalidRequestError(
                 detail, backend=self.name, status=status, code="translation_failed"
             )
-        return super().classify_error(status, headers, json.dumps({"error": detail}))
+        return super()._classify_error(status, headers, json.dumps({"error": detail}))
 
 
 def _detail(text: str) -> str | None:

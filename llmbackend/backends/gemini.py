@@ -29,20 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import aiohttp
 
-from llmbackend._logging import LoggerFactory
 from llmbackend._sse import iter_sse
 from llmbackend.backends import _gemini_request as encode
 from llmbackend.backends import _gemini_stream as streams
 from llmbackend.backends import _gemini_wire as wire
-from llmbackend.backends._http import HttpBackend
-from llmbackend.backends.base import Capability, SessionFactory
+from llmbackend.backends._http import HttpBackend, TokenProvider
+from llmbackend.backends.base import Capability
 from llmbackend.errors import (
     AuthenticationError,
     BackendError,
@@ -59,12 +57,8 @@ from llmbackend.models import (
     LlmResponse,
     StreamEvent,
 )
-from llmbackend.settings import LlmBackendConfig
 
 __all__ = ["GeminiBackend", "TokenProvider"]
-
-#: Returns a fresh OAuth access token for Vertex AI (e.g. from google-auth credentials).
-TokenProvider = Callable[[], Awaitable[str]]
 
 _VERTEX_DEFAULT_LOCATION = "us-central1"
 #: Vertex embeds one content per call; this many run at once for a multi-input request.
@@ -85,18 +79,6 @@ class GeminiBackend(HttpBackend):
             Capability.MODELS,
         }
     )
-
-    def __init__(
-        self,
-        config: LlmBackendConfig,
-        *,
-        logger_factory: LoggerFactory | None = None,
-        session_factory: SessionFactory | None = None,
-        token_provider: TokenProvider | None = None,
-    ) -> None:
-        super().__init__(config, logger_factory=logger_factory, session_factory=session_factory)
-        self._token_provider = token_provider
-        self._token: str | None = None
 
     # --- HTTP plumbing ------------------------------------------------------------------
 
@@ -123,7 +105,8 @@ class GeminiBackend(HttpBackend):
 
     def auth_headers(self) -> dict[str, str]:
         if self.vertex:
-            token = self._token or self.config.api_key
+            # With a token provider, request_headers sends its token as the Bearer instead.
+            token = self.config.api_key if self.token_provider is None else None
             return {"Authorization": f"Bearer {token}"} if token else {}
         return {"x-goog-api-key": self.config.api_key} if self.config.api_key else {}
 
@@ -138,49 +121,19 @@ class GeminiBackend(HttpBackend):
             )
         return f"{self.config.api_version or 'v1beta'}/models/{model}:{method}"
 
-    async def _authorize(self) -> None:
-        """Fetch a fresh Vertex token when a token provider was given."""
-        if self._token_provider is None:
-            return
-        try:
-            self._token = await self._token_provider()
-        except LlmBackendError:
-            raise
-        except Exception as exc:  # a caller's callable may raise anything
-            raise BackendUnavailableError(
-                f"the Vertex AI token provider failed: {type(exc).__name__}", backend=self.name
-            ) from exc
+    async def bearer_token(self) -> str | None:
+        token = await super().bearer_token()
+        return token if self.vertex else None  # AI Studio authenticates with its API key
 
-    async def request_json(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Mapping[str, Any] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> Any:
-        await self._authorize()
-        return await super().request_json(method, path, body=body, params=params)
+    def token_provider_error(self, exc: Exception) -> Exception:
+        if isinstance(exc, LlmBackendError):
+            return exc
+        return BackendUnavailableError(
+            f"the Vertex AI token provider failed: {type(exc).__name__}", backend=self.name
+        )
 
-    @contextlib.asynccontextmanager
-    async def open_stream(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Mapping[str, Any] | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        await self._authorize()
-        async with super().open_stream(method, path, body=body, params=params) as response:
-            yield response
-
-    def classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
-        for secret in (self.config.api_key, self._token):
-            if secret and secret in text:
-                # A proxy may echo the credential back; it must never reach an exception.
-                text = text.replace(secret, "***")
-        error = super().classify_error(status, headers, text)
+    def _classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
+        error = super()._classify_error(status, headers, text)
         # Google's status name (PERMISSION_DENIED, ...) says more than the repeated number.
         code = wire.error_status(text) or error.code
         kwargs: dict[str, Any] = {"backend": self.name, "status": status, "code": code}

@@ -72,12 +72,8 @@ class OllamaBackend(HttpBackend):
             return {"Authorization": f"Bearer {self.config.api_key}"}
         return {}
 
-    def classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
-        api_key = self.config.api_key
-        if api_key and api_key in text:
-            # A proxy may echo the credential back; it must never reach an exception.
-            text = text.replace(api_key, "***")
-        error = super().classify_error(status, headers, text)
+    def _classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
+        error = super()._classify_error(status, headers, text)
         message, _ = error_details(text)
         if status in (400, 404) and _names_missing_model(message):
             # Ollama says "model 'x' not found" (404; some versions 400): the model is not

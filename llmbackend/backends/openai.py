@@ -98,12 +98,8 @@ class OpenAIBackend(HttpBackend):
             return f"{prefix}/{path}"
         return path
 
-    def classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
-        api_key = self.config.api_key
-        if api_key and api_key in text:
-            # A proxy may echo the credential back; it must never reach an exception.
-            text = text.replace(api_key, "***")
-        error = super().classify_error(status, headers, text)
+    def _classify_error(self, status: int, headers: Mapping[str, str], text: str) -> BackendError:
+        error = super()._classify_error(status, headers, text)
         if isinstance(error, RateLimitedError) and error.code == "insufficient_quota":
             # Out of credit is a 429 too, but waiting does not help.
             error.retryable = False
@@ -125,9 +121,13 @@ class OpenAIBackend(HttpBackend):
             body["stream_options"] = {"include_usage": True}
         return body
 
+    async def chat_completion(self, body: Mapping[str, Any]) -> Any:
+        """The decoded answer of a non-streamed ``chat/completions`` call."""
+        return await self.request_json("POST", self.api_path("chat/completions"), body=body)
+
     async def _chat(self, request: ChatRequest) -> LlmResponse:
         body = self.chat_body(request)
-        answer = await self.request_json("POST", self.api_path("chat/completions"), body=body)
+        answer = await self.chat_completion(body)
         content, model, tool_calls, raw_reason, usage = wire.parse_chat_answer(answer, self.name)
         return LlmResponse(
             content=content,
