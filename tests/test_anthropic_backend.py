@@ -1027,3 +1027,17 @@ async def test_embeddings_are_not_supported(make_backend: BackendFactory) -> Non
     }
     with pytest.raises(NotSupportedError):
         await backend.embed(EmbeddingRequest(inputs=["x"]))
+
+
+async def test_bad_frame_amid_a_healthy_stream_is_skipped_and_counted(
+    server: ReplayServer, make_backend: BackendFactory
+) -> None:
+    """After content has flowed, one undecodable event is skipped; the finish counts it."""
+    block = text_block(0, "Hel", "lo")
+    bad = b"event: content_block_delta\ndata: {not json\n\n"
+    body = sse(start(), *block[:2]) + bad + sse(*block[2:], *finish())
+    server.enqueue(sse_reply([body]))
+    events = await collect(make_backend())
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello"
+    assert isinstance(events[-1], FinishEvent)
+    assert events[-1].malformed_events == 1

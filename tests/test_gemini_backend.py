@@ -1226,3 +1226,21 @@ def test_capabilities(make_backend: BackendFactory) -> None:
     }
     assert studio.supports(Capability.MODELS)
     assert not make_backend(project_id="p").supports(Capability.MODELS)
+
+
+async def test_bad_frame_amid_a_healthy_stream_is_skipped_and_counted(
+    server: ReplayServer, local: GeminiBackend
+) -> None:
+    """After content has flowed, one undecodable SSE frame is skipped; the finish counts it."""
+
+    def chunk(text: str, reason: str | None = None) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}}
+        if reason:
+            candidate["finishReason"] = reason
+        return {"candidates": [candidate]}
+
+    server.enqueue(sse_reply([sse(chunk("Hel"), '{"candidates": [', chunk("lo", "STOP"))]))
+    events = await collect(local)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello"
+    assert isinstance(events[-1], FinishEvent)
+    assert events[-1].malformed_events == 1

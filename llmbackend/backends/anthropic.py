@@ -27,6 +27,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from llmbackend._sse import iter_sse
 from llmbackend.backends import _anthropic_wire as wire
 from llmbackend.backends._anthropic_stream import StreamState, decode_event
 from llmbackend.backends._http import HttpBackend
-from llmbackend.backends.base import Capability
+from llmbackend.backends.base import Capability, StreamFrames
 from llmbackend.errors import (
     BackendError,
     InvalidRequestError,
@@ -133,14 +134,17 @@ class AnthropicBackend(HttpBackend):
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self.messages_body(request, stream=True)
         state = StreamState(backend=self.name, model=body["model"])
+        frames = StreamFrames(self._log)
         async with self.open_stream("POST", self.api_path("messages"), body=body) as response:
             async for sse in iter_sse(response.content):
-                event = decode_event(sse.data, self.name)
+                event = frames.decode(functools.partial(decode_event, sse.data, self.name))
+                if event is None:
+                    continue  # one bad frame after content: skipped and counted
                 kind = event.get("type") or sse.event
                 if kind == "error":
                     raise self._stream_error(event)
                 for item in state.feed(str(kind), event):
-                    yield item
+                    yield frames.passing(item)
                 if state.finished:
                     return
         # The body ended before message_stop: no FinishEvent, so the caller sees the cut.

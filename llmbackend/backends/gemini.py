@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -40,7 +41,7 @@ from llmbackend.backends import _gemini_request as encode
 from llmbackend.backends import _gemini_stream as streams
 from llmbackend.backends import _gemini_wire as wire
 from llmbackend.backends._http import HttpBackend, TokenProvider
-from llmbackend.backends.base import Capability
+from llmbackend.backends.base import Capability, StreamFrames
 from llmbackend.errors import (
     AuthenticationError,
     BackendError,
@@ -186,21 +187,31 @@ class GeminiBackend(HttpBackend):
         state = streams.StreamState(backend=self.name, model=model)
         path = self.model_path(model, "streamGenerateContent")
         body = self.chat_body(request)
+        frames = StreamFrames(self._log)
         async with self.open_stream("POST", path, body=body, params={"alt": "sse"}) as response:
-            async for chunk in self._chunks(response):
+            async for chunk in self._chunks(response, frames):
                 if "error" in chunk:
                     raise self._stream_error(chunk)
                 for event in state.feed(chunk):
-                    yield event
+                    yield frames.passing(event)
         if state.raw_reason is None:
             return  # cut short: no FinishEvent, so the caller sees StreamInterruptedError
-        yield state.finish()
+        yield frames.passing(state.finish())
 
-    async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-        """The ``GenerateContentResponse`` chunks, from SSE or from the JSON-array format."""
+    async def _chunks(
+        self, response: aiohttp.ClientResponse, frames: StreamFrames
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The ``GenerateContentResponse`` chunks, from SSE or from the JSON-array format.
+
+        In SSE one bad frame after content is skipped (``frames``); a broken JSON array is
+        structural and ends the stream."""
         if response.content_type != "application/json":
             async for event in iter_sse(response.content):
-                yield streams.decode_chunk(event.data, self.name)
+                chunk = frames.decode(
+                    functools.partial(streams.decode_chunk, event.data, self.name)
+                )
+                if chunk is not None:
+                    yield chunk
             return
         decoder = streams.JsonArrayDecoder(self.name)
         text = codecs.getincrementaldecoder("utf-8")()
