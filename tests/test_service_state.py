@@ -171,3 +171,41 @@ async def test_spend_survives_a_restart_on_sqlite(tmp_path: Path) -> None:
 
     assert first == ["paid", "paid"]
     assert after_restart == "free"
+
+
+async def test_a_backends_own_concurrency_limit_fails_over(tmp_path: Path) -> None:
+    """A backend's own rate_limit admits one call at a time; the overflow goes elsewhere."""
+    limited = fake(
+        "a",
+        priority=1,
+        rate_limit={
+            "enabled": True,
+            "max_concurrent_requests": 1,
+            "queue_limit": 1,
+            "queue_timeout_seconds": 0.05,
+        },
+    )
+    config = settings(limited, fake("b", priority=2))
+    async with open_service(config, plugins=[FakeBackendPlugin()], base_dir=tmp_path) as svc:
+        script(svc, "a").default_reply = FakeReply(delay=0.3)
+        answers = await asyncio.gather(*(svc.chat(HI) for _ in range(3)))
+
+    assert sorted(a.backend for a in answers) == ["a", "b", "b"]
+
+
+async def test_tokens_per_minute_sends_the_excess_elsewhere(tmp_path: Path) -> None:
+    """tokens_per_minute admits a call on its estimate (input + max_tokens) and settles to
+    the tokens really used; a call that would pass the limit waits, then fails over when
+    the queue timeout ends."""
+    limited = fake(
+        "a",
+        priority=1,
+        tokens_per_minute=1500,
+        rate_limit={"enabled": True, "max_requests": 1000, "queue_timeout_seconds": 0.05},
+    )
+    config = settings(limited, fake("b", priority=2))
+    async with open_service(config, plugins=[FakeBackendPlugin()], base_dir=tmp_path) as svc:
+        script(svc, "a").default_reply = COSTLY  # uses 2,000 tokens
+        served = [(await svc.chat(HI)).backend for _ in range(2)]
+
+    assert served == ["a", "b"]
