@@ -41,6 +41,7 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing import fold_stream
 from llmbackend.testing._replay import (
     ReplayServer,
     ScriptedReply,
@@ -235,29 +236,14 @@ def expected_from_events(body: str) -> Expected:
 
 def assemble(events: list[StreamEvent]) -> Expected:
     """Fold stream events the way a caller would (tool-call fragments joined by index)."""
-    text = "".join(e.text for e in events if isinstance(e, TextDelta))
-    calls: dict[int, list[str]] = {}
-    for event in events:
-        if isinstance(event, ToolCallDelta):
-            entry = calls.setdefault(event.index, ["", "", ""])
-            entry[0] = event.id or entry[0]
-            entry[1] = event.name or entry[1]
-            entry[2] += event.arguments_delta
-    finishes = [e for e in events if isinstance(e, FinishEvent)]
-    assert len(finishes) == 1, "exactly one FinishEvent"
-    assert events[-1] is finishes[0], "the FinishEvent comes last"
-    usage = [e.usage for e in events if isinstance(e, UsageEvent)][-1]
+    assert any(isinstance(e, UsageEvent) for e in events), "Anthropic streams report usage"
+    r = fold_stream(events)
     return Expected(
-        text,
-        [(c[0], c[1], json.loads(c[2])) for _, c in sorted(calls.items())],
-        finishes[0].raw_reason,
-        finishes[0].model,
-        (
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.total_tokens,
-            usage.cached_prompt_tokens,
-        ),
+        r.content,
+        [(c.id, c.name, json.loads(c.arguments)) for c in r.tool_calls],
+        r.raw_finish_reason,
+        r.model,
+        (r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cached_prompt_tokens),
     )
 
 

@@ -45,6 +45,7 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing import fold_stream
 from llmbackend.testing._replay import (
     ReplayServer,
     awkward_sse,
@@ -206,21 +207,10 @@ def expected_from_sse(body: str) -> Expected:
 
 def assemble(events: list[StreamEvent]) -> Expected:
     """Fold stream events the way a caller would."""
-    finishes = [e for e in events if isinstance(e, FinishEvent)]
-    assert len(finishes) == 1, "exactly one FinishEvent"
-    assert events[-1] is finishes[0], "the FinishEvent comes last"
-    usage = [e.usage for e in events if isinstance(e, UsageEvent)][-1]
-    return Expected(
-        "".join(e.text for e in events if isinstance(e, TextDelta)),
-        finishes[0].raw_reason,
-        finishes[0].model,
-        (
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.total_tokens,
-            usage.cached_prompt_tokens,
-        ),
-    )
+    assert any(isinstance(e, UsageEvent) for e in events), "the stream reports usage"
+    r = fold_stream(events)
+    usage = (r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cached_prompt_tokens)
+    return Expected(r.content, r.raw_finish_reason, r.model, usage)
 
 
 def decode_float32(value: str) -> tuple[float, ...]:

@@ -37,11 +37,11 @@ from llmbackend.models import (
     StreamEvent,
     TextDelta,
     ToolCall,
-    ToolCallDelta,
     ToolDefinition,
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing import fold_stream
 from llmbackend.testing._replay import (
     ReplayServer,
     ScriptedReply,
@@ -183,24 +183,12 @@ def expected_from_sse(body: str) -> Expected:
 
 def assemble(events: list[StreamEvent]) -> Expected:
     """Fold stream events the way a caller would (tool-call fragments joined by index)."""
-    text = "".join(e.text for e in events if isinstance(e, TextDelta))
-    calls: dict[int, list[str]] = {}
-    for event in events:
-        if isinstance(event, ToolCallDelta):
-            entry = calls.setdefault(event.index, ["", "", ""])
-            entry[0] = event.id or entry[0]
-            entry[1] = event.name or entry[1]
-            entry[2] += event.arguments_delta
-    finishes = [e for e in events if isinstance(e, FinishEvent)]
-    assert len(finishes) == 1, "exactly one FinishEvent"
-    assert events[-1] is finishes[0], "the FinishEvent comes last"
-    usages = [e.usage for e in events if isinstance(e, UsageEvent)]
-    last = usages[-1] if usages else None
+    r = fold_stream(events)
     return Expected(
-        text,
-        [(c[0], c[1], c[2]) for _, c in sorted(calls.items())],
-        finishes[0].raw_reason,
-        (last.prompt_tokens, last.completion_tokens, last.total_tokens) if last else (0, 0, 0),
+        r.content,
+        [(c.id, c.name, c.arguments) for c in r.tool_calls],
+        r.raw_finish_reason,
+        (r.prompt_tokens, r.completion_tokens, r.total_tokens),
     )
 
 

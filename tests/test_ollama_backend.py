@@ -36,13 +36,13 @@ from llmbackend.models import (
     FinishEvent,
     FinishReason,
     StreamEvent,
-    TextDelta,
     ToolCall,
     ToolCallDelta,
     ToolDefinition,
     UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
+from llmbackend.testing import fold_stream
 from llmbackend.testing._replay import (
     ReceivedRequest,
     ReplayServer,
@@ -208,17 +208,11 @@ def expected_from_ndjson(body: str, *, upto: int | None = None) -> Expected:
 
 def assemble(events: list[StreamEvent]) -> Expected:
     """Fold stream events the way a caller would."""
-    finishes = [e for e in events if isinstance(e, FinishEvent)]
-    assert len(finishes) == 1, "exactly one FinishEvent"
-    assert events[-1] is finishes[0], "the FinishEvent comes last"
-    usages = [e.usage for e in events if isinstance(e, UsageEvent)]
-    assert len(usages) == 1
+    assert sum(isinstance(e, UsageEvent) for e in events) == 1, "usage is reported once"
+    r = fold_stream(events)
+    calls = [(c.name, c.arguments) for c in r.tool_calls]
     return Expected(
-        "".join(e.text for e in events if isinstance(e, TextDelta)),
-        [(e.name or "", e.arguments_delta) for e in events if isinstance(e, ToolCallDelta)],
-        finishes[0].raw_reason,
-        finishes[0].model,
-        (usages[0].prompt_tokens, usages[0].completion_tokens),
+        r.content, calls, r.raw_finish_reason, r.model, (r.prompt_tokens, r.completion_tokens)
     )
 
 

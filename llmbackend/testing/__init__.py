@@ -33,6 +33,7 @@ from llmbackend.testing._replay import (
     sse_body,
     sse_reply,
 )
+from llmbackend.testing._stream_check import fold_stream
 
 __all__ = [
     "AWKWARD_SIZES",
@@ -52,6 +53,7 @@ __all__ = [
     "ScriptedReply",
     "assert_valid_plugin",
     "awkward_sse",
+    "fold_stream",
     "isolated_default_registry",
     "json_reply",
     "load_wire_fixture",

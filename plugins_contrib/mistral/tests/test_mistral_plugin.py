@@ -42,9 +42,7 @@ from llmbackend.models import (
     StreamEvent,
     TextDelta,
     ToolCall,
-    ToolCallDelta,
     ToolDefinition,
-    UsageEvent,
 )
 from llmbackend.settings import LlmBackendConfig
 from llmbackend.testing import (
@@ -53,6 +51,7 @@ from llmbackend.testing import (
     ScriptedReply,
     assert_valid_plugin,
     awkward_sse,
+    fold_stream,
     json_reply,
     load_wire_fixture,
     sse_body,
@@ -222,24 +221,13 @@ def expected_from_sse(body: str, *, upto: int | None = None) -> Expected:
 
 def assemble(events: list[StreamEvent]) -> Expected:
     """Fold stream events the way a caller would (tool-call fragments joined by index)."""
-    calls: dict[int, list[str]] = {}
-    for event in events:
-        if isinstance(event, ToolCallDelta):
-            entry = calls.setdefault(event.index, ["", "", ""])
-            entry[0] = event.id or entry[0]
-            entry[1] = event.name or entry[1]
-            entry[2] += event.arguments_delta
-    finishes = [e for e in events if isinstance(e, FinishEvent)]
-    assert len(finishes) == 1, "exactly one FinishEvent"
-    assert events[-1] is finishes[0], "the FinishEvent comes last"
-    usages = [e.usage for e in events if isinstance(e, UsageEvent)]
-    usage = usages[-1] if usages else None
+    r = fold_stream(events)
     return Expected(
-        "".join(e.text for e in events if isinstance(e, TextDelta)),
-        [(c[0], c[1], c[2]) for _, c in sorted(calls.items())],
-        finishes[0].raw_reason,
-        finishes[0].model,
-        (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else (0, 0, 0),
+        r.content,
+        [(c.id, c.name, c.arguments) for c in r.tool_calls],
+        r.raw_finish_reason,
+        r.model,
+        (r.prompt_tokens, r.completion_tokens, r.total_tokens),
     )
 
 
