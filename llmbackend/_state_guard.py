@@ -95,10 +95,12 @@ class StateGuard:
 
     @contextlib.asynccontextmanager
     async def attempt(
-        self, backend: BaseLlmBackend, estimate: int, max_tokens: int
+        self, backend: BaseLlmBackend, request: ChatRequest | EmbeddingRequest
     ) -> AsyncIterator[Bill]:
-        """Admission and budget for one attempt on ``backend`` (``estimate`` input tokens,
-        at most ``max_tokens`` output tokens).
+        """Admission and budget for one attempt of ``request`` on ``backend``.
+
+        The token estimate (which encodes the messages) is only made when this backend has
+        a limiter or a budget.
 
         Raises ``RateLimitedError(source="sdk")`` or ``BudgetExceededError`` before the call
         when the backend cannot take it; the service then fails over.
@@ -109,6 +111,7 @@ class StateGuard:
         if ledger is None and limiter is None:
             yield bill
             return
+        estimate, max_tokens = request_estimate(request, backend)
         permit = await limiter.acquire(tokens=estimate + max_tokens) if limiter else None
         try:
             reservation = None

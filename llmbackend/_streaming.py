@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import attrs
 
 from llmbackend._observer import NOOP_REQUEST, RequestObservation
-from llmbackend._state_guard import request_estimate
 from llmbackend.backends.base import BaseLlmBackend, Capability
 from llmbackend.errors import (
     BackendError,
@@ -97,10 +96,9 @@ async def recovering_stream(  # noqa: PLR0912, PLR0915  # the recovery decisions
             attempt = _with_prefill(request, shown) if prefill else request
             delivered = False
             usage = None
-            estimate, max_tokens = request_estimate(attempt, backend)
             try:
                 async with (
-                    service.state.attempt(backend, estimate, max_tokens) as bill,
+                    service.state.attempt(backend, attempt) as bill,
                     contextlib.aclosing(service.guard.stream(backend, attempt, plan)) as events,
                 ):
                     async for event in _first_then_rest(events, plan.remaining(), backend.name):

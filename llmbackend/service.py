@@ -34,7 +34,7 @@ from llmbackend._fan_out import fan_out
 from llmbackend._guard import BackendGuard
 from llmbackend._logging import LoggerFactory
 from llmbackend._observer import NOOP_REQUEST, ObservedHealthMonitor, Observer, RequestObservation
-from llmbackend._state_guard import StateGuard, request_estimate
+from llmbackend._state_guard import StateGuard
 from llmbackend._strategies import StrategyState, order_candidates
 from llmbackend._streaming import recovering_stream
 from llmbackend._telemetry import build_observer, metrics_registry_for
@@ -324,6 +324,8 @@ class LlmService:
             if cached is not None:
                 observation.cache_hit(cached.backend)
                 source = replay_stream(cached)
+            elif key is None and self.state.limiter is None:
+                source = recovering_stream(self, request, observation)  # nothing to add
             else:
                 source = self._live_stream(request, observation, key)
             async with contextlib.aclosing(source) as events:
@@ -347,15 +349,17 @@ class LlmService:
     ) -> AsyncGenerator[StreamEvent, None]:
         """A stream from the backends; a complete answer is stored in the cache (a cut or
         restarted-and-failed stream never is)."""
-        assembler = StreamAssembler()
+        assembler = StreamAssembler() if key is not None else None
         async with (
             self.state.admission(),
             contextlib.aclosing(recovering_stream(self, request, observation)) as events,
         ):
             async for event in events:
-                assembler.feed(event)
+                if assembler is not None:
+                    assembler.feed(event)
                 yield event
-        await self.state.remember(request, key, assembler.response())
+        if assembler is not None:
+            await self.state.remember(request, key, assembler.response())
 
     # --- plumbing shared with the streaming and fan-out modules ---------------------------
 
@@ -428,9 +432,8 @@ class LlmService:
     ) -> R:
         if not self.state.active:
             return await self.guard.call(backend, call, plan)
-        estimate, max_tokens = request_estimate(request, backend)
         try:
-            async with self.state.attempt(backend, estimate, max_tokens) as bill:
+            async with self.state.attempt(backend, request) as bill:
                 result = await self.guard.call(backend, call, plan)
                 bill.cost_usd = result.cost_usd
                 bill.tokens = result.prompt_tokens + getattr(result, "completion_tokens", 0)
