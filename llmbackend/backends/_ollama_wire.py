@@ -283,10 +283,6 @@ class StreamState:
     raw_reason: str | None = None
     usage: Usage | None = None
     done: bool = False
-    #: Whether any text or tool call has been produced.
-    answered: bool = False
-    #: Lines that could not be decoded and were skipped (see ``OllamaBackend._stream``).
-    malformed: int = 0
 
     def feed(self, line: Mapping[str, Any]) -> list[StreamEvent]:
         """The content events of one decoded line (not an error line)."""
@@ -301,7 +297,6 @@ class StreamState:
                 )
             )
             self.calls += 1
-        self.answered = self.answered or bool(events)
         if line.get("done") is True:
             self.done = True
             raw = line.get("done_reason")
@@ -316,5 +311,4 @@ class StreamState:
             raw_reason=self.raw_reason,
             backend=self.backend,
             model=self.model,
-            malformed_events=self.malformed,
         )

@@ -276,8 +276,6 @@ class StreamState:
     raw_reason: str | None = None
     refusal: list[str] = attrs.field(factory=list)
     answered: bool = False
-    #: Frames that could not be decoded and were skipped (see ``OpenAIBackend._stream``).
-    malformed: int = 0
 
     def feed(self, chunk: Mapping[str, Any]) -> list[StreamEvent]:
         """The events of one decoded chunk (not an error frame)."""
@@ -313,7 +311,6 @@ class StreamState:
             raw_reason=self.raw_reason,
             backend=self.backend,
             model=self.model,
-            malformed_events=self.malformed,
         )
 
     def _first_choice(self, chunk: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 from llmbackend._sse import iter_ndjson_lines
 from llmbackend.backends import _ollama_wire as wire
 from llmbackend.backends._http import HttpBackend, error_details
-from llmbackend.backends.base import Capability
+from llmbackend.backends.base import Capability, StreamFrames
 from llmbackend.errors import (
     BackendError,
     ContentFilteredError,
@@ -115,28 +116,23 @@ class OllamaBackend(HttpBackend):
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self.chat_body(request, stream=True)
         state = wire.StreamState(backend=self.name, model=body["model"])
+        frames = StreamFrames(self._log)
         async with self.open_stream("POST", "api/chat", body=body) as response:
             async for line in iter_ndjson_lines(response.content):
-                try:
-                    decoded = wire.decode_line(line, self.name)
-                except MalformedResponseError:
-                    if not state.answered:
-                        raise  # a bad first line: this attempt fails (and may fail over)
-                    # One bad line in an otherwise healthy stream is skipped and counted.
-                    state.malformed += 1
-                    self._log.warning("stream_frame_skipped", model=state.model)
-                    continue
+                decoded = frames.decode(functools.partial(wire.decode_line, line, self.name))
+                if decoded is None:
+                    continue  # one bad line after content: skipped and counted
                 if decoded.get("error") is not None:
                     raise self._line_error(decoded)
                 for event in state.feed(decoded):
-                    yield event
+                    yield frames.passing(event)
                 if state.done:
                     break
         if not state.done:
             return  # cut short: no FinishEvent, so the caller sees StreamInterruptedError
         if state.usage is not None:
             yield UsageEvent(usage=state.usage)
-        yield state.finish()
+        yield frames.passing(state.finish())
 
     def _line_error(self, line: Mapping[str, Any]) -> BackendError:
         """The SDK error for an ``{"error": ...}`` object sent with a 200 status."""

@@ -18,6 +18,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 from llmbackend._sse import iter_sse
 from llmbackend.backends import _openai_wire as wire
 from llmbackend.backends._http import HttpBackend
-from llmbackend.backends.base import Capability
+from llmbackend.backends.base import Capability, StreamFrames
 from llmbackend.errors import BackendError, MalformedResponseError, RateLimitedError
 from llmbackend.models import (
     ChatRequest,
@@ -145,28 +146,23 @@ class OpenAIBackend(HttpBackend):
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self.chat_body(request, stream=True)
         state = wire.StreamState(backend=self.name, model=body["model"])
+        frames = StreamFrames(self._log)
         done = False
         async with self.open_stream("POST", self.api_path("chat/completions"), body=body) as resp:
             async for event in iter_sse(resp.content):
                 if event.data.strip() == _DONE:
                     done = True
                     break
-                try:
-                    chunk = wire.decode_chunk(event.data, self.name)
-                except MalformedResponseError:
-                    if not state.answered:
-                        raise  # a bad first frame: this attempt fails (and may fail over)
-                    # One bad frame in an otherwise healthy stream is skipped and counted.
-                    state.malformed += 1
-                    self._log.warning("stream_frame_skipped", model=state.model)
-                    continue
+                chunk = frames.decode(functools.partial(wire.decode_chunk, event.data, self.name))
+                if chunk is None:
+                    continue  # one bad frame after content: skipped and counted
                 if event.event == "error" or chunk.get("error") is not None:
                     raise self._stream_error(chunk.get("error", chunk))
                 for item in state.feed(chunk):
-                    yield item
+                    yield frames.passing(item)
         if not done and state.raw_reason is None:
             return  # cut short: no FinishEvent, so the caller sees StreamInterruptedError
-        yield state.finish()
+        yield frames.passing(state.finish())
 
     def _stream_error(self, error: Any) -> BackendError:
         """The SDK error for an ``{"error": ...}`` frame sent after the 200 status line."""
