@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -17,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from llmbackend._discovery import find_config
 from llmbackend._registry import default_registry
 from llmbackend.config import load_settings
 from llmbackend.container import open_service
@@ -31,39 +30,6 @@ from llmbackend.models import (
 )
 
 __all__ = ["main"]
-
-MINIMAL_CONFIG = """\
-# llmbackend.toml
-[[backends]]
-name = "openai"
-type = "openai"
-model_name = "gpt-4o-mini"
-api_key = "${OPENAI_API_KEY}"
-"""
-
-
-def config_search_path() -> list[Path]:
-    """Where the CLI looks for a config file, in order."""
-    paths = []
-    if env := os.environ.get("LLMBACKEND_CONFIG"):
-        paths.append(Path(env))
-    paths += [Path("llmbackend.toml"), Path.home() / ".config" / "llmbackend" / "config.toml"]
-    return paths
-
-
-def find_config(explicit: str | None) -> Path:
-    """The config file to use, or a ConfigurationError that says where we looked."""
-    if explicit:
-        return Path(explicit)
-    searched = config_search_path()
-    for path in searched:
-        if path.is_file():
-            return path
-    places = "\n".join(f"    {path}" for path in searched)
-    raise ConfigurationError(
-        f"no configuration file found; looked in:\n{places}\n"
-        f"  create one (or pass --config PATH), for example:\n{MINIMAL_CONFIG}"
-    )
 
 
 async def _ask(args: argparse.Namespace, console: Console) -> int:
