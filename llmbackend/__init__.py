@@ -8,6 +8,7 @@ Start with :func:`open_service`::
 
 from llmbackend._correlation import correlation_id
 from llmbackend._logging import LoggerFactory, configure_logging
+from llmbackend._memory import ConversationMemory
 from llmbackend._observer import AttemptObservation, Observer, RequestObservation
 from llmbackend._registry import (
     PluginRegistry,
@@ -18,6 +19,7 @@ from llmbackend._registry import (
     unregister_plugin,
 )
 from llmbackend._telemetry import add_metrics_route, render_metrics
+from llmbackend._tokens import TokenCounter, default_token_counter
 from llmbackend.backends.base import BaseLlmBackend, Capability
 from llmbackend.config import load_settings
 from llmbackend.container import open_service
@@ -66,6 +68,29 @@ from llmbackend.models import (
     UsageEvent,
 )
 from llmbackend.plugins import ILlmBackendPlugin
+from llmbackend.prompts import (
+    DefaultPromptBuilder,
+    PromptBuilder,
+    PromptContext,
+    TranslationPromptBuilder,
+    prompt_builder_names,
+    register_prompt_builder,
+    unregister_prompt_builder,
+)
+from llmbackend.quick import (
+    Answer,
+    AnswerStream,
+    AsyncChatSession,
+    ChatSession,
+    aask,
+    achat,
+    aclose_default_service,
+    ask,
+    astream,
+    chat,
+    configure,
+    stream,
+)
 from llmbackend.service import LlmService
 from llmbackend.settings import (
     CacheProvider,
@@ -91,6 +116,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllBackendsFailedError",
+    "Answer",
+    "AnswerStream",
+    "AsyncChatSession",
     "AttemptObservation",
     "AuthenticationError",
     "BackendError",
@@ -105,12 +133,15 @@ __all__ = [
     "Capability",
     "ChatMessage",
     "ChatRequest",
+    "ChatSession",
     "CircuitBreakerSettings",
     "CircuitOpenError",
     "ConfigProblem",
     "ConfigurationError",
     "ContentFilteredError",
     "ContextLengthExceededError",
+    "ConversationMemory",
+    "DefaultPromptBuilder",
     "EmbeddingRequest",
     "EmbeddingResponse",
     "FinishEvent",
@@ -134,6 +165,8 @@ __all__ = [
     "PluginInfo",
     "PluginRegistry",
     "PluginSettings",
+    "PromptBuilder",
+    "PromptContext",
     "RateLimitSettings",
     "RateLimitedError",
     "RequestObservation",
@@ -150,21 +183,35 @@ __all__ = [
     "StreamRestarted",
     "TelemetrySettings",
     "TextDelta",
+    "TokenCounter",
     "ToolCall",
     "ToolCallDelta",
     "ToolDefinition",
+    "TranslationPromptBuilder",
     "Usage",
     "UsageEvent",
     "Weekday",
+    "aask",
+    "achat",
+    "aclose_default_service",
     "add_metrics_route",
+    "ask",
+    "astream",
+    "chat",
+    "configure",
     "configure_logging",
     "correlation_id",
     "default_registry",
+    "default_token_counter",
     "get_plugin_info",
     "load_plugin",
     "load_settings",
     "open_service",
+    "prompt_builder_names",
     "register_plugin",
+    "register_prompt_builder",
     "render_metrics",
+    "stream",
     "unregister_plugin",
+    "unregister_prompt_builder",
 ]

@@ -120,8 +120,15 @@ RANGES: Final[Mapping[type, Mapping[str, _Range]]] = {
         "unhealthy_threshold": _AT_LEAST_ONE,
         "healthy_threshold": _AT_LEAST_ONE,
     },
-    MemorySettings: {"default_token_limit": _AT_LEAST_ONE, "ttl_minutes": _POSITIVE},
+    MemorySettings: {
+        "default_token_limit": _AT_LEAST_ONE,
+        "ttl_minutes": _POSITIVE,
+        "max_size_mb": _POSITIVE,
+    },
 }
+
+#: A prompt builder name: which names exist is known once plugins are loaded (open time).
+_BUILDER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def normalise_backend_types(settings: LlmSettings) -> LlmSettings:
@@ -161,6 +168,7 @@ def check_settings(
             ("caching", "connection_string"),
             f"required when caching.provider is {caching.provider.value!r}",
         )
+    _check_memory(settings, log)
     first_index: dict[str, int] = {}
     for index, backend in backends:
         path: KeyPath = ("backends", index)
@@ -175,6 +183,39 @@ def check_settings(
         _check_type(backend, path, log)
         _check_budget(backend, path, log)
         _check_ranges(backend, path, log)
+        if not _BUILDER_NAME.fullmatch(backend.prompt_builder_type.strip()):
+            shown = log.show((*path, "prompt_builder_type"), backend.prompt_builder_type)
+            log.add(
+                (*path, "prompt_builder_type"),
+                f"{shown} is not a prompt builder name (letters, digits, '_', '-', '.')",
+            )
+
+
+def _check_memory(settings: LlmSettings, log: ProblemLog) -> None:
+    memory, caching = settings.memory, settings.caching
+    if not memory.enabled:
+        return  # a section that is off needs no location
+    location = memory.effective_connection_string(caching)
+    if memory.provider in {CacheProvider.REDIS, CacheProvider.SQLITE} and not location:
+        log.add(
+            ("memory", "connection_string"),
+            f"required when memory.provider is {memory.provider.value!r} (or set"
+            f" caching.connection_string with caching.provider {memory.provider.value!r})",
+        )
+    one_sqlite_file = (
+        memory.provider is CacheProvider.SQLITE
+        and caching.provider is CacheProvider.SQLITE
+        and location == caching.connection_string
+    )
+    ours, theirs = memory.key_prefix, caching.key_prefix
+    if one_sqlite_file and (ours.startswith(theirs) or theirs.startswith(ours)):
+        # SQLite bounds a store's size over every key under its prefix: nested prefixes
+        # would let the cache's bound evict conversations (and the reverse).
+        log.add(
+            ("memory", "key_prefix"),
+            f"{ours!r} overlaps caching.key_prefix {theirs!r} in the same SQLite file;"
+            " use a prefix neither starts with (default 'llm-mem:')",
+        )
 
 
 def _check_telemetry(telemetry: TelemetrySettings, log: ProblemLog) -> None:

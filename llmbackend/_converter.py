@@ -265,7 +265,7 @@ def iter_structure_issues(
 def unstructure_settings(settings: LlmSettings, *, include_secrets: bool = False) -> dict[str, Any]:
     """``settings`` as plain data that :func:`llmbackend.load_settings` accepts back.
 
-    API keys and the cache connection string are left out unless ``include_secrets`` is
+    API keys and the connection strings are left out unless ``include_secrets`` is
     true, so the result can be logged, printed by the CLI or attached to a bug report.
     """
     data: dict[str, Any] = CONVERTER.unstructure(settings)
@@ -273,6 +273,7 @@ def unstructure_settings(settings: LlmSettings, *, include_secrets: bool = False
         for backend in data["backends"]:
             backend.pop("api_key", None)
         data["caching"].pop("connection_string", None)
+        data["memory"].pop("connection_string", None)
     return data
 
 

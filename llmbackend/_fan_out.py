@@ -21,15 +21,20 @@ from llmbackend.models import ChatRequest, LlmResponse
 from llmbackend.settings import SelectionStrategy, SimultaneousPrimary
 
 if TYPE_CHECKING:
+    from llmbackend._prompting import PreparedChat
     from llmbackend.service import LlmService
 
 __all__ = ["fan_out"]
 
 
 async def fan_out(
-    service: LlmService, request: ChatRequest, observation: RequestObservation
+    service: LlmService,
+    request: ChatRequest,
+    observation: RequestObservation,
+    prepared: PreparedChat | None = None,
 ) -> LlmResponse:
-    """Ask every eligible backend at once; see the module docstring."""
+    """Ask every eligible backend at once; see the module docstring. A ``prepared`` request
+    is built for each backend by its prompt builder."""
     plan = service.plan_for(request, Capability.CHAT, observation)
     single = attrs.evolve(request, selection_strategy=SelectionStrategy.SPECIFIC)
 
@@ -41,7 +46,8 @@ async def fan_out(
             report_skips=False,  # the whole request's plan reported them once
         )
         branch.deadline = plan.deadline
-        response = await service.serve(branch, Capability.CHAT, lambda b: b.chat(request), request)
+        call = prepared.chat if prepared else lambda b: b.chat(request)
+        response = await service.serve(branch, Capability.CHAT, call, prepared or request)
         return time.monotonic(), response
 
     tasks = {backend: asyncio.create_task(one(backend)) for backend in plan.queue}

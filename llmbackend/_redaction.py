@@ -3,7 +3,8 @@
 A :class:`Redactor` replaces, in any text:
 
 * every configured secret value (each backend's ``api_key``, the values of credential
-  headers in ``additional_headers``, ``caching.connection_string``), wherever it appears;
+  headers in ``additional_headers``, the ``caching`` and ``memory`` connection strings),
+  wherever it appears;
 * bearer and basic credentials (``Bearer sk-...``);
 * credential headers and key/value pairs (``Authorization: ...``, ``api-key=...``,
   ``x-api-key``, ``x-goog-api-key``, ``"api_key": "..."``) and ``?key=`` URL parameters;
@@ -184,11 +185,12 @@ def secrets_of_headers(headers: Mapping[str, str]) -> list[str]:
 
 def redactor_for(settings: LlmSettings) -> Redactor:
     """The redactor of a service: every configured secret plus ``telemetry.redact_patterns``."""
-    connection = settings.caching.connection_string
-    values: list[str | None] = [connection]
-    if connection and "://" in connection:
-        with contextlib.suppress(ValueError):
-            values.append(urlsplit(connection).password)  # alone, it is still a secret
+    values: list[str | None] = []
+    for connection in (settings.caching.connection_string, settings.memory.connection_string):
+        values.append(connection)
+        if connection and "://" in connection:
+            with contextlib.suppress(ValueError):
+                values.append(urlsplit(connection).password)  # alone, it is still a secret
     for backend in settings.backends:
         values.append(backend.api_key)
         values += secrets_of_headers(backend.additional_headers)

@@ -43,6 +43,7 @@ from llmbackend.models import (
 from llmbackend.settings import StreamRecovery
 
 if TYPE_CHECKING:
+    from llmbackend._prompting import PreparedChat
     from llmbackend.service import LlmService
 
 __all__ = ["recovering_stream"]
@@ -75,9 +76,13 @@ async def _first_then_rest(
 
 
 async def recovering_stream(  # noqa: PLR0912, PLR0915  # the recovery decisions read best together
-    service: LlmService, request: ChatRequest, observation: RequestObservation = NOOP_REQUEST
+    service: LlmService,
+    request: ChatRequest,
+    observation: RequestObservation = NOOP_REQUEST,
+    prepared: PreparedChat | None = None,
 ) -> AsyncGenerator[StreamEvent, None]:
-    """The service's stream: failover, then ``stream_recovery`` after content was shown."""
+    """The service's stream: failover, then ``stream_recovery`` after content was shown.
+    A ``prepared`` request is built per attempt by the backend's prompt builder."""
     mode = request.stream_recovery or service.settings.stream_recovery
     plan = service.plan_for(request, Capability.STREAMING, observation)
     shown = ""  # the answer text the caller has now
@@ -97,6 +102,8 @@ async def recovering_stream(  # noqa: PLR0912, PLR0915  # the recovery decisions
             delivered = False
             usage = None
             try:
+                if prepared is not None:  # inside the try: a builder's refusal is final here
+                    attempt = prepared.shape(backend, attempt)
                 async with (
                     service.state.attempt(backend, attempt) as bill,
                     contextlib.aclosing(service.guard.stream(backend, attempt, plan)) as events,

@@ -19,15 +19,19 @@ import attrs
 from dependency_injector import containers, providers
 
 from llmbackend._logging import LoggerFactory
+from llmbackend._memory import ConversationMemory
 from llmbackend._observer import Observer
+from llmbackend._prompting import PromptPipeline, check_prompt_builders, prompt_builder_table
 from llmbackend._redaction import redactor_for
 from llmbackend._registry import PluginRegistry, default_registry
 from llmbackend._state_guard import build_state_guard, needs_store
 from llmbackend._telemetry import build_observer, metrics_registry_for
+from llmbackend._tokens import ESTIMATE, TokenCounter, default_token_counter
 from llmbackend.backends.base import BaseLlmBackend
 from llmbackend.config import load_settings
 from llmbackend.errors import ConfigProblem, ConfigurationError, LlmBackendError
 from llmbackend.plugins import ILlmBackendPlugin
+from llmbackend.prompts import PromptBuilderFactory
 from llmbackend.service import LlmService
 from llmbackend.settings import LlmBackendConfig, LlmSettings
 from llmbackend.state import StateStore, open_store
@@ -97,6 +101,26 @@ def _build_backends(
     ]
 
 
+def _prompt_pipeline(
+    settings: LlmSettings,
+    table: Mapping[str, PromptBuilderFactory],
+    memory_store: StateStore | None,
+    token_counter: TokenCounter,
+    logger_factory: LoggerFactory,
+) -> PromptPipeline:
+    memory = None
+    if memory_store is not None:
+        memory = ConversationMemory(
+            memory_store,
+            settings.memory,
+            token_counter=token_counter,
+            logger_factory=logger_factory,
+        )
+    return PromptPipeline.build(
+        settings, settings.backends, table=table, memory=memory, logger_factory=logger_factory
+    )
+
+
 class Container(containers.DeclarativeContainer):
     """Wires settings → logger factory → session → plugin registry → backends → observer
     → service. ``metrics_registry``, ``tracer_provider`` and ``extra_observers`` may be
@@ -136,6 +160,14 @@ class Container(containers.DeclarativeContainer):
     #: The shared-state store (opened by ``open_service`` when a feature needs one).
     state_store: providers.Object[StateStore | None] = providers.Object(None)
     state = providers.Singleton(build_state_guard, settings, state_store, logger_factory)
+    #: Prompt builders by name (built-in, registered, from plugins), the conversation
+    #: memory's store (opened by ``open_service`` when ``memory.enabled``) and tokenizer.
+    prompt_builders: providers.Object[Mapping[str, PromptBuilderFactory]] = providers.Object({})
+    memory_store: providers.Object[StateStore | None] = providers.Object(None)
+    token_counter: providers.Object[TokenCounter] = providers.Object(ESTIMATE)
+    prompts = providers.Singleton(
+        _prompt_pipeline, settings, prompt_builders, memory_store, token_counter, logger_factory
+    )
     service = providers.Singleton(
         LlmService,
         settings=settings,
@@ -144,6 +176,7 @@ class Container(containers.DeclarativeContainer):
         observer=observer,
         metrics_registry=metrics_registry,
         state=state,
+        prompts=prompts,
     )
 
 
@@ -159,6 +192,7 @@ async def open_service(
     metrics_registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
     observers: Sequence[Observer] = (),
+    token_counter: TokenCounter | None = None,
 ) -> AsyncIterator[LlmService]:
     """Validate the settings, build the service, yield it, and shut everything down.
 
@@ -170,9 +204,12 @@ async def open_service(
     ``metrics_registry`` (default: a registry of its own, see ``service.metrics_registry``);
     with ``telemetry.enable_tracing`` it makes spans with ``tracer_provider`` (default: the
     global OpenTelemetry provider). ``observers`` receive every event as well.
+
+    Conversation memory (``memory.enabled``) opens its own store and counts tokens with
+    ``token_counter`` (default: tiktoken when installed, else the estimate).
     """
     # Reading files and importing plugins is blocking work: keep it off the event loop.
-    resolved, plugin_registry = await asyncio.to_thread(
+    resolved, plugin_registry, builders, counter = await asyncio.to_thread(
         functools.partial(
             _prepare,
             settings,
@@ -181,6 +218,7 @@ async def open_service(
             environ=environ,
             secret_resolver=secret_resolver,
             base_dir=base_dir,
+            token_counter=token_counter,
         )
     )
     async with contextlib.AsyncExitStack() as stack:
@@ -190,6 +228,16 @@ async def open_service(
             store = await stack.enter_async_context(
                 open_store(caching.provider.value, caching.connection_string, caching.key_prefix)
             )
+        memory_store: StateStore | None = None
+        if resolved.memory.enabled:
+            memory = resolved.memory
+            memory_store = await stack.enter_async_context(
+                open_store(
+                    memory.provider.value,
+                    memory.effective_connection_string(resolved.caching),
+                    memory.key_prefix,
+                )
+            )
         container = Container(
             settings=resolved,
             registry=plugin_registry,
@@ -197,6 +245,9 @@ async def open_service(
             tracer_provider=providers.Object(tracer_provider),
             extra_observers=providers.Object(tuple(observers)),
             state_store=providers.Object(store),
+            prompt_builders=providers.Object(builders),
+            memory_store=providers.Object(memory_store),
+            token_counter=providers.Object(counter),
         )
         service: LlmService = container.service()  # builds the backends; no HTTP yet
         try:
@@ -222,16 +273,23 @@ def _prepare(
     environ: Mapping[str, str] | None,
     secret_resolver: Callable[[str], str | None] | None,
     base_dir: Path | None,
-) -> tuple[LlmSettings, PluginRegistry]:
+    token_counter: TokenCounter | None,
+) -> tuple[LlmSettings, PluginRegistry, dict[str, PromptBuilderFactory], TokenCounter]:
     """Load and check everything a service needs; raise before anything starts."""
     resolved = load_settings(settings, environ=environ, secret_resolver=secret_resolver)
     plugin_registry = (registry or default_registry()).copy()
     for plugin in plugins:
         plugin_registry.register(plugin, source="runtime")
     plugin_registry.load_from_settings(resolved.plugins, base_dir=base_dir or Path.cwd())
+    builders = prompt_builder_table(plugin_registry)
     problems: Sequence[ConfigProblem] = [
         *plugin_registry.check_backends(resolved.backends),
+        *check_prompt_builders(resolved.backends, builders),
     ]
     if problems:
         raise ConfigurationError(problems)
-    return resolved, plugin_registry
+    if token_counter is None:
+        # Only a conversation's trimming counts tokens; loading a tokenizer reads a file,
+        # so it happens here, in this worker thread, never on the event loop.
+        token_counter = default_token_counter() if resolved.memory.enabled else ESTIMATE
+    return resolved, plugin_registry, builders, token_counter

@@ -52,6 +52,22 @@ def _read_only(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return types.MappingProxyType(dict(value))
 
 
+def _variables(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    variables = dict(value) if value else {}
+    for name, text in variables.items():
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise TypeError(
+                f"variables must map names to strings; {name!r} maps to {type(text).__name__}"
+            )
+    return variables
+
+
+def _conversation_id(value: str | None) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError("conversation_id must be a non-empty string (or None)")
+    return value
+
+
 class FinishReason(enum.StrEnum):
     """Why a model stopped, normalised across providers (the raw value is kept beside it)."""
 
@@ -146,6 +162,13 @@ class ChatRequest:
     #: ``cache_write=False`` never stores this answer.
     cache_read: bool = True
     cache_write: bool = True
+    #: The conversation whose history (``memory`` settings) is prepended; this request's
+    #: messages and the answer are added to it after a successful call. Send only the new
+    #: message(s): the history comes from memory.
+    conversation_id: str | None = field(default=None, converter=_conversation_id)
+    #: Values for ``{{ name }}`` placeholders in the system and user messages (the
+    #: ``default`` prompt builder), or a builder's inputs (``translation``: languages).
+    variables: Mapping[str, str] = field(factory=dict, converter=_variables)
 
     @messages.validator
     def _check_messages(self, _attr: attrs.Attribute[Any], value: tuple[ChatMessage, ...]) -> None:
@@ -170,6 +193,10 @@ class LlmRequest:
         default=None, converter=attrs.converters.optional(SelectionStrategy)
     )
     timeout_seconds: float | None = None
+    #: See :attr:`ChatRequest.conversation_id`.
+    conversation_id: str | None = field(default=None, converter=_conversation_id)
+    #: See :attr:`ChatRequest.variables`.
+    variables: Mapping[str, str] = field(factory=dict, converter=_variables)
 
     def to_chat(self) -> ChatRequest:
         """The equivalent chat request: an optional system message, then the prompt."""
@@ -187,6 +214,8 @@ class LlmRequest:
             metadata=self.metadata,
             selection_strategy=self.selection_strategy,
             timeout_seconds=self.timeout_seconds,
+            conversation_id=self.conversation_id,
+            variables=self.variables,
         )
 
 
@@ -282,6 +311,8 @@ class FinishEvent:
     model: str
     #: Malformed frames skipped in an otherwise healthy stream.
     malformed_events: int = 0
+    #: Replayed from the response cache: no backend was called and nothing was spent.
+    cached: bool = False
 
 
 @frozen(kw_only=True)

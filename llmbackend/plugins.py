@@ -15,7 +15,14 @@ __all__ = ["ILlmBackendPlugin"]
 
 @runtime_checkable
 class ILlmBackendPlugin(Protocol):
-    """What a plugin provides. Any object with these members is a plugin (no base class)."""
+    """What a plugin provides. Any object with these members is a plugin (no base class).
+
+    Optional, and not part of the protocol check: ``prompt_builders``, a mapping of prompt
+    builder names to factories (``Callable[[], PromptBuilder]``, see
+    :mod:`llmbackend.prompts`). A service whose plugins offer them lets backends select
+    them with ``prompt_builder_type``. Built-in names cannot be replaced; a malformed
+    mapping is logged (``prompt_builders_ignored``) and skipped.
+    """
 
     plugin_id: str
     plugin_name: str

@@ -33,7 +33,9 @@ from llmbackend._correlation import begin_request, end_request
 from llmbackend._fan_out import fan_out
 from llmbackend._guard import BackendGuard
 from llmbackend._logging import LoggerFactory
+from llmbackend._memory import ConversationMemory
 from llmbackend._observer import NOOP_REQUEST, ObservedHealthMonitor, Observer, RequestObservation
+from llmbackend._prompting import PreparedChat, PromptPipeline
 from llmbackend._state_guard import StateGuard
 from llmbackend._strategies import StrategyState, order_candidates
 from llmbackend._streaming import recovering_stream
@@ -92,6 +94,11 @@ class LlmService:
     tracing observers the settings ask for). Without one, the service builds them itself:
     metrics go to ``metrics_registry`` (default: a registry of its own, never the global
     one) and spans to ``tracer_provider`` (default: the global provider).
+
+    Prompts: ``prompts`` holds each backend's prompt builder and the conversation memory;
+    by default it is built from the settings with the built-in and registered builders and,
+    with ``memory.enabled``, an in-process memory (``open_service`` also adds plugins'
+    builders and opens SQLite or Redis memory).
     """
 
     def __init__(
@@ -107,10 +114,15 @@ class LlmService:
         metrics_registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
         state: StateGuard | None = None,
+        prompts: PromptPipeline | None = None,
     ) -> None:
         self.settings = settings
         #: Response cache, rate limits and budgets (all off unless configured).
         self.state = state or StateGuard()
+        #: Prompt builders per backend and conversation memory.
+        self.prompts = prompts or PromptPipeline.build(
+            settings, [backend.config for backend in backends], logger_factory=logger_factory
+        )
         self._backends = {backend.name: backend for backend in backends}
         # Failover order: priority ascending, then declaration order (sorted() is stable).
         self._ordered = sorted(backends, key=lambda backend: backend.config.priority)
@@ -197,6 +209,12 @@ class LlmService:
         return self._breakers[name]
 
     @property
+    def memory(self) -> ConversationMemory | None:
+        """The conversation memory (``None`` unless ``memory.enabled``): read or clear a
+        conversation's history with it."""
+        return self.prompts.memory
+
+    @property
     def observer(self) -> Observer:
         """What this service reports its events to (metrics, traces, your own observer)."""
         return self._observer
@@ -280,19 +298,26 @@ class LlmService:
         fanning_out = strategy is SelectionStrategy.SIMULTANEOUS
 
         async def serve(seen: RequestObservation) -> LlmResponse:
-            key = None if fanning_out else self.state.cache_key(request)
+            prepared = await self.prompts.prepare(request) if self.prompts.needs(request) else None
+            key = None
+            if not fanning_out:
+                key = self.state.cache_key(request if prepared is None else prepared.cache_view())
             cached = await self.state.lookup(request, key)
             if cached is not None:
                 seen.cache_hit(cached.backend)
+                if prepared is not None:
+                    await prepared.remember(cached)
                 return cached
             async with self.state.admission():
                 if fanning_out:
-                    return await fan_out(self, request, seen)
-                plan = self.plan_for(request, Capability.CHAT, seen)
-                response = await self.serve(
-                    plan, Capability.CHAT, lambda backend: backend.chat(request), request
-                )
+                    response = await fan_out(self, request, seen, prepared)
+                else:
+                    plan = self.plan_for(request, Capability.CHAT, seen)
+                    call = prepared.chat if prepared else lambda backend: backend.chat(request)
+                    response = await self.serve(plan, Capability.CHAT, call, prepared or request)
             await self.state.remember(request, key, response)
+            if prepared is not None:
+                await prepared.remember(response)
             return response
 
         return await self._run("chat", request, serve)
@@ -319,20 +344,23 @@ class LlmService:
         observation, token = self._begin("stream", request)
         finish: FinishEvent | None = None
         try:
-            key = self.state.cache_key(request)
+            prepared = await self.prompts.prepare(request) if self.prompts.needs(request) else None
+            key = self.state.cache_key(request if prepared is None else prepared.cache_view())
             cached = await self.state.lookup(request, key)
             if cached is not None:
                 observation.cache_hit(cached.backend)
                 source = replay_stream(cached)
-            elif key is None and self.state.limiter is None:
+            elif key is None and self.state.limiter is None and prepared is None:
                 source = recovering_stream(self, request, observation)  # nothing to add
             else:
-                source = self._live_stream(request, observation, key)
+                source = self._live_stream(request, observation, key, prepared)
             async with contextlib.aclosing(source) as events:
                 async for event in events:
                     if isinstance(event, FinishEvent):
                         finish = event
                     yield event
+            if cached is not None and prepared is not None:
+                await prepared.remember(cached)
         except BaseException as exc:
             self._request_failed("stream", observation, exc)
             raise
@@ -345,21 +373,29 @@ class LlmService:
             observation.succeeded("", None)
 
     async def _live_stream(
-        self, request: ChatRequest, observation: RequestObservation, key: CacheKey | None
+        self,
+        request: ChatRequest,
+        observation: RequestObservation,
+        key: CacheKey | None,
+        prepared: PreparedChat | None,
     ) -> AsyncGenerator[StreamEvent, None]:
-        """A stream from the backends; a complete answer is stored in the cache (a cut or
-        restarted-and-failed stream never is)."""
-        assembler = StreamAssembler() if key is not None else None
+        """A stream from the backends; a complete answer is stored in the cache and the
+        conversation (a cut or restarted-and-failed stream never is)."""
+        remembering = prepared is not None and request.conversation_id is not None
+        assembler = StreamAssembler() if key is not None or remembering else None
         async with (
             self.state.admission(),
-            contextlib.aclosing(recovering_stream(self, request, observation)) as events,
+            contextlib.aclosing(recovering_stream(self, request, observation, prepared)) as events,
         ):
             async for event in events:
                 if assembler is not None:
                     assembler.feed(event)
                 yield event
         if assembler is not None:
-            await self.state.remember(request, key, assembler.response())
+            answer = assembler.response()
+            await self.state.remember(request, key, answer)
+            if prepared is not None:
+                await prepared.remember(answer)
 
     # --- plumbing shared with the streaming and fan-out modules ---------------------------
 
@@ -405,10 +441,11 @@ class LlmService:
         plan: AttemptPlan,
         capability: Capability,
         call: Callable[[BaseLlmBackend], Awaitable[R]],
-        request: ChatRequest | EmbeddingRequest,
+        request: ChatRequest | EmbeddingRequest | PreparedChat,
     ) -> R:
         """Run ``plan``: each attempt admitted by the backend's rate limit and budget, then
-        through the breaker guard, under the plan's deadline."""
+        through the breaker guard, under the plan's deadline. A prepared ``request`` is built
+        for each backend before its attempt (a builder's refusal fails the request there)."""
         async with contextlib.aclosing(plan.attempts()) as attempts:
             async for backend in attempts:
                 try:
@@ -428,8 +465,10 @@ class LlmService:
         backend: BaseLlmBackend,
         call: Callable[[BaseLlmBackend], Awaitable[R]],
         plan: AttemptPlan,
-        request: ChatRequest | EmbeddingRequest,
+        request: ChatRequest | EmbeddingRequest | PreparedChat,
     ) -> R:
+        if isinstance(request, PreparedChat):
+            request = request.for_backend(backend)  # what the budget and limits must judge
         if not self.state.active:
             return await self.guard.call(backend, call, plan)
         try:

@@ -193,6 +193,9 @@ class LlmBackendConfig:
     rate_limit: RateLimitSettings | None = None
     #: Tokens (input estimate + max_tokens) this backend may be sent per minute.
     tokens_per_minute: int | None = None
+    #: How requests become this backend's prompt: ``default`` (system message, ``{{ name }}``
+    #: variables, conversation memory), ``translation``, or a name a plugin registers.
+    prompt_builder_type: str = "default"
 
     @property
     def resolved_type(self) -> str:
@@ -288,9 +291,31 @@ class TelemetrySettings:
 
 @frozen(kw_only=True)
 class MemorySettings:
+    """Conversation memory: the history of each ``conversation_id``, kept in a state store."""
+
+    #: Keep history for requests that carry a ``conversation_id`` (off: such requests fail).
+    enabled: bool = False
     provider: CacheProvider = field(default=CacheProvider.MEMORY, converter=CacheProvider)
+    #: SQLite path or Redis URL; default: ``caching.connection_string`` when
+    #: ``caching.provider`` is the same provider.
+    connection_string: str | None = field(default=None, repr=False)
+    #: Prompt of a conversation (system message, history, new messages), trimmed to this many
+    #: tokens by dropping the oldest turns; also the most history that is stored.
     default_token_limit: int = 4096
+    #: A conversation is forgotten this long after its last turn.
     ttl_minutes: float = 60.0
+    #: Size bound of the memory and SQLite stores (least recently used / soonest to expire
+    #: go first); Redis relies on the TTL and its ``maxmemory`` policy.
+    max_size_mb: float = 100.0
+    #: Prepended to conversation keys; distinct from ``caching.key_prefix`` so the cache's
+    #: size bound never evicts a conversation (and the reverse).
+    key_prefix: str = "llm-mem:"
+
+    def effective_connection_string(self, caching: CachingSettings) -> str | None:
+        """``connection_string``, or the cache's when both use the same provider."""
+        if self.connection_string or caching.provider is not self.provider:
+            return self.connection_string
+        return caching.connection_string
 
 
 @frozen(kw_only=True)

@@ -34,6 +34,30 @@ def test_top_level_export_set() -> None:
         "AllBackendsFailedError",
         "ChatRequest",
         "LlmResponse",
+        # memory and prompt builders
+        "ConversationMemory",
+        "DefaultPromptBuilder",
+        "PromptBuilder",
+        "PromptContext",
+        "TokenCounter",
+        "TranslationPromptBuilder",
+        "default_token_counter",
+        "prompt_builder_names",
+        "register_prompt_builder",
+        "unregister_prompt_builder",
+        # the quick API
+        "Answer",
+        "AnswerStream",
+        "AsyncChatSession",
+        "ChatSession",
+        "aask",
+        "achat",
+        "aclose_default_service",
+        "ask",
+        "astream",
+        "chat",
+        "configure",
+        "stream",
     }
     assert not [name for name in llmbackend.__all__ if name.startswith("_")]
 
@@ -50,7 +74,8 @@ def test_import_loads_no_provider_module_and_no_optional_integration() -> None:
     """`import llmbackend` does not import provider modules, the CLI or test servers."""
     code = (
         "import sys, llmbackend; "
-        "print(','.join(sorted(m for m in sys.modules if m.startswith('llmbackend'))))"
+        "print(','.join(sorted(m for m in sys.modules "
+        "if m.startswith(('llmbackend', 'tiktoken')))))"
     )
     loaded = (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -60,4 +85,5 @@ def test_import_loads_no_provider_module_and_no_optional_integration() -> None:
     assert "llmbackend.backends.openai" not in loaded
     assert "llmbackend.cli" not in loaded
     assert "llmbackend.testing" not in loaded
+    assert "tiktoken" not in loaded  # the tokenizer loads when a service needs it
     assert len(loaded) < 60

@@ -53,7 +53,8 @@ async def test_cache_serves_equal_requests_once_and_costs_nothing(tmp_path: Path
 
 
 async def test_cached_answer_replays_as_a_stream(tmp_path: Path) -> None:
-    """stream() after an equal chat replays the cached answer without calling a backend."""
+    """stream() after an equal chat replays the cached answer without calling a backend,
+    and its FinishEvent says it came from the cache."""
     config = settings(fake("a"), caching={"enabled": True})
     async with open_service(config, plugins=[FakeBackendPlugin()], base_dir=tmp_path) as svc:
         script(svc, "a").default_reply = "cached words here"
@@ -63,6 +64,7 @@ async def test_cached_answer_replays_as_a_stream(tmp_path: Path) -> None:
 
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "cached words here"
     assert isinstance(events[-1], FinishEvent)
+    assert events[-1].cached is True
     assert calls == 1
 
 
@@ -111,7 +113,7 @@ async def test_a_lone_exhausted_backend_names_the_budget_in_the_error(tmp_path: 
         calls = script(svc, "paid").calls
 
     assert calls == 0
-    assert raised.value.skipped["paid"].startswith("spend limit $0.00 reached")
+    assert raised.value.skipped["paid"].startswith("spend limit $0.0001 reached")
 
 
 async def test_concurrent_callers_never_overspend(tmp_path: Path) -> None:

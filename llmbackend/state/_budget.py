@@ -34,6 +34,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def usd(amount: float) -> str:
+    """``amount`` in dollars: cents for ordinary sums, more digits for sub-cent limits (a
+    $0.0004 limit must not read as "$0.00")."""
+    if amount == 0 or abs(amount) >= 0.01:
+        return f"${amount:.2f}"
+    return f"${amount:.6f}".rstrip("0")
+
+
 @define
 class Reservation:
     """A hold on part of a budget, from :meth:`BudgetLedger.reserve` until settled or released.
@@ -162,7 +170,7 @@ class BudgetLedger:
         reservation._close()
         self._refused(period, outcome.spent, outcome.reserved, worst_case_usd)
         raise BudgetExceededError(
-            f"spend limit ${self.limit:.2f} reached"
+            f"spend limit {usd(self.limit or 0.0)} reached"
             + (f" until {period.end:%Y-%m-%d %H:%M} UTC" if period.end else "")
             + f": spent ${from_nano(outcome.spent):.4f}, reserved "
             f"${from_nano(outcome.reserved):.4f}, this call up to ${worst_case_usd:.4f}",

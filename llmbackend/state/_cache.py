@@ -1,10 +1,10 @@
 """``ResponseCache``: answers keyed by everything that shapes them, in any store.
 
 The key is the SHA-256 of a canonical encoding (sorted-key, compact JSON) of the backend or
-model, the messages (with tool calls), every sampling parameter, the tools, ``tool_choice``
-and ``response_format``. Fields that cannot change the answer (metadata, timeouts,
-strategy, preferred backend) are left out, so equal requests hit and any differing parameter
-misses. Keys live under the store's ``key_prefix`` and the cache's ``namespace``.
+model, the messages (with tool calls), every sampling parameter, the tools, ``tool_choice``,
+``response_format`` and the ``variables``. Fields that cannot change the answer (metadata,
+timeouts, strategy, preferred backend) are left out, so equal requests hit and any differing
+parameter misses. Keys live under the store's ``key_prefix`` and the cache's ``namespace``.
 
 Only finished answers are stored: :meth:`ResponseCache.put` takes an ``LlmResponse`` whose
 provider said it finished normally (``stop`` or ``tool_calls``), and refuses anything else,
@@ -123,6 +123,18 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     }
 
 
+#: Request metadata a backend reads as input (EasyNMT's languages and options): part of the
+#: key, while the rest of ``metadata`` (tags, user ids) is only annotation.
+ANSWER_SHAPING_METADATA = (
+    "target_language",
+    "target_lang",
+    "source_language",
+    "source_lang",
+    "beam_size",
+    "perform_sentence_splitting",
+)
+
+
 def canonical_request(
     request: ChatRequest | LlmRequest, *, backend: str | None = None, model: str | None = None
 ) -> str:
@@ -146,6 +158,12 @@ def canonical_request(
         "tool_choice": chat.tool_choice,
         "response_format": chat.response_format,
     }
+    if chat.variables:
+        # Template values and builder inputs (languages) shape the prompt; absent when
+        # empty, so the keys of requests without variables stay what they were.
+        document["variables"] = dict(chat.variables)
+    if shaping := {k: chat.metadata[k] for k in ANSWER_SHAPING_METADATA if k in chat.metadata}:
+        document["metadata"] = shaping
     return json.dumps(
         document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

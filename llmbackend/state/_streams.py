@@ -45,6 +45,7 @@ async def replay_stream(
         raw_reason=response.raw_finish_reason,
         backend=response.backend,
         model=response.model,
+        cached=response.cached,
     )
 
 
@@ -105,4 +106,6 @@ class StreamAssembler:
             raw_finish_reason=finish.raw_reason,
             duration_ms=duration_ms,
             tool_calls=calls,
+            cached=finish.cached,
+            cost_usd=0.0 if finish.cached else None,
         )

@@ -147,6 +147,19 @@ def test_backend_model_and_namespace_are_part_of_the_key() -> None:
     assert a.key_for(BASE) != b.key_for(BASE)
 
 
+def test_metadata_a_backend_reads_is_part_of_the_key_and_annotations_are_not() -> None:
+    """EasyNMT reads its languages from metadata: another target language is another entry,
+    while metadata that only annotates the request (a user id) shares the entry."""
+    french = attrs.evolve(BASE, metadata={"target_language": "fr", "user": "ann"})
+    german = attrs.evolve(BASE, metadata={"target_language": "de", "user": "ann"})
+    french_for_bob = attrs.evolve(french, metadata={"target_language": "fr", "user": "bob"})
+    assert canonical_request(french) != canonical_request(german)
+    assert canonical_request(french) == canonical_request(french_for_bob)
+    assert canonical_request(attrs.evolve(BASE, metadata={"user": "ann"})) == (
+        canonical_request(BASE)
+    )
+
+
 def test_a_completion_and_its_chat_form_share_a_key() -> None:
     """LlmRequest(prompt, system_prompt) is keyed as the equivalent chat request."""
     completion = LlmRequest(prompt="hello", system_prompt="be brief", model="m1")
@@ -294,6 +307,21 @@ async def test_a_cached_answer_replays_as_a_normal_stream() -> None:
             reason=FinishReason.TOOL_CALLS, raw_reason="tool_calls", backend="b1", model="m1"
         ),
     ]
+
+
+async def test_a_replayed_cache_hit_says_so_and_assembles_as_costing_nothing() -> None:
+    """A cache hit replayed as a stream ends with FinishEvent.cached, and assembles back into
+    an answer marked cached that cost nothing."""
+    hit = attrs.evolve(ANSWER, cached=True, cost_usd=0.0)
+    assembler = StreamAssembler()
+    async for event in replay_stream(hit):
+        assembler.feed(event)
+        last = event
+    assert isinstance(last, FinishEvent)
+    assert last.cached is True
+    response = assembler.response()
+    assert response is not None
+    assert (response.cached, response.cost_usd) == (True, 0.0)
 
 
 async def test_a_replayed_stream_assembles_back_into_the_answer() -> None:
