@@ -32,34 +32,32 @@ class Outcome:
 def _budget(spent: float | None, limit: float | None) -> str:
     if limit is None:
         return "-"
-    return f"{spent or 0.0:.4f} / {limit:.2f}"
+    return f"{spent or 0.0:.4f}/{limit:.2f}"
 
 
 def print_report(service: LlmService, tally: Tally, outcome: Outcome, console: Console) -> None:
     """The per-backend table and the totals line."""
     stats = service.get_statistics()
-    table = Table(title="what each backend did")
+    # Short headers and no padding: the table fits an 80-column terminal.
+    table = Table(title="what each backend did", padding=(0, 0), pad_edge=False)
+    table.add_column("backend", no_wrap=True)
     columns = (
-        "backend", "served", "calls ok", "calls failed", "retries", "breaker", "opened",
-        "skipped", "cost USD", "budget USD", "p50 ms", "p95 ms",
+        "served", "failed", "retries", "breaker", "skipped", "cost $", "budget $", "p50 ms",
     )  # fmt: skip
     for column in columns:
-        table.add_column(column, justify="left" if column in ("backend", "breaker") else "right")
+        table.add_column(column, justify="left" if column == "breaker" else "right")
     for name, backend in stats.backends.items():
         skipped = tally.skipped_breaker[name] + tally.skipped_budget[name]
         table.add_row(
             name,
             str(outcome.served[name]),
-            str(backend.successful_requests),
             str(backend.failed_requests),
             str(tally.retries[name]),
             backend.circuit_state,
-            str(service.breaker(name).snapshot().times_opened),
             str(skipped),
             f"{backend.total_cost_usd:.4f}",
             _budget(backend.budget_spent_usd, backend.budget_limit_usd),
-            f"{backend.p50_latency_ms:.1f}",
-            f"{backend.p95_latency_ms:.1f}",
+            f"{backend.p50_latency_ms:.0f}",
         )
     console.print(table)
     answered = outcome.requests - outcome.failed
