@@ -187,10 +187,10 @@ def failure_response(exc: LlmBackendError) -> web.Response:
         failed = [
             {"backend": error.backend, "error": type(error).__name__, "message": error.message}
             for error in exc.exceptions
-            if isinstance(error, BackendError) and error.backend
+            if exc.attempted and isinstance(error, BackendError)
         ]
         # Nothing tried means every backend was skipped (budget spent, circuit open, ...).
-        status = 502 if failed else 503
+        status = 502 if exc.attempted else 503
         return error_response(status, kind, exc.message, failed=failed, skipped=dict(exc.skipped))
     if isinstance(exc, RateLimitedError):  # the SDK's own limiter: the caller may retry
         response = error_response(429, kind, str(exc))

@@ -255,10 +255,13 @@ class AllBackendsFailedError(LlmBackendError, ExceptionGroup):
     """No backend could serve the request.
 
     It is an :class:`ExceptionGroup` of every attempt's error, so ``except*`` works; ``skipped``
-    maps the backends that were not tried to the reason why.
+    maps the backends that were not tried to the reason why. ``attempted`` is False when no
+    backend was even tried (every one skipped: budgets spent, circuits open...); the group
+    then holds one placeholder error saying so.
     """
 
     skipped: Mapping[str, str]
+    attempted: bool
 
     def __new__(
         cls,
@@ -266,12 +269,14 @@ class AllBackendsFailedError(LlmBackendError, ExceptionGroup):
         exceptions: Sequence[Exception],
         skipped: Mapping[str, str] | None = None,
     ) -> AllBackendsFailedError:
-        if not exceptions:
+        attempted = bool(exceptions)
+        if not attempted:
             # ExceptionGroup requires at least one exception; a request that tried nothing
             # still gets a group naming why.
             exceptions = [BackendUnavailableError("no backend was eligible")]
         self = super().__new__(cls, message, list(exceptions))
         self.skipped = dict(skipped or {})
+        self.attempted = attempted
         return self
 
     def __init__(
@@ -289,7 +294,9 @@ class AllBackendsFailedError(LlmBackendError, ExceptionGroup):
         return "\n".join(lines)
 
     def derive(self, excs: Sequence[Exception]) -> AllBackendsFailedError:  # type: ignore[override]
-        return AllBackendsFailedError(self.message, excs, self.skipped)
+        derived = AllBackendsFailedError(self.message, excs, self.skipped)
+        derived.attempted = self.attempted and derived.attempted
+        return derived
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

@@ -105,3 +105,15 @@ def test_all_backends_failed_is_an_exception_group() -> None:
     assert [type(e) for e in caught] == [RateLimitedError]
     assert isinstance(group, LlmBackendError)
     assert group.skipped == {"c": "disabled"}
+
+
+def test_all_backends_failed_says_whether_any_backend_was_tried() -> None:
+    """attempted is True when a backend was tried, False when every one was skipped (the
+    group then holds a placeholder), and except* splits keep it."""
+    tried = AllBackendsFailedError("failed", [RateLimitedError("a", backend="a")])
+    untried = AllBackendsFailedError("failed", [], {"a": "circuit open"})
+    assert (tried.attempted, untried.attempted) == (True, False)
+    assert len(untried.exceptions) == 1
+    rest = untried.split(BackendUnavailableError)[0]
+    assert rest is not None
+    assert rest.attempted is False
