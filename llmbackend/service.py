@@ -29,6 +29,7 @@ import attrs
 
 from llmbackend._attempts import AttemptPlan, PlanCounters
 from llmbackend._breaker import CircuitBreaker, CircuitState
+from llmbackend._config_problems import find_suggestion
 from llmbackend._correlation import begin_request, end_request
 from llmbackend._fan_out import fan_out
 from llmbackend._guard import BackendGuard
@@ -199,8 +200,10 @@ class LlmService:
             return self._backends[name]
         except KeyError:
             known = ", ".join(self._backends) or "none"
+            guess = find_suggestion(name, self._backends)
+            hint = f"; did you mean {guess!r}?" if guess else ""
             problem = ConfigProblem(
-                "preferred_backend", f"unknown backend {name!r}; configured: {known}"
+                "preferred_backend", f"unknown backend {name!r}; configured: {known}{hint}"
             )
             raise ConfigurationError([problem]) from None
 

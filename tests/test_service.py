@@ -251,6 +251,8 @@ async def test_unknown_preferred_backend_is_an_error_not_a_fallback() -> None:
 
     with pytest.raises(ConfigurationError, match="unknown backend 'nope'; configured: only"):
         await service.chat(ChatRequest(messages=[ChatMessage.user("hi")], preferred_backend="nope"))
+    with pytest.raises(ConfigurationError, match="configured: only; did you mean 'only'"):
+        await service.chat(ChatRequest(messages=[ChatMessage.user("hi")], preferred_backend="Only"))
 
 
 async def test_complete_sends_system_and_user_messages() -> None:
