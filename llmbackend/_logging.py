@@ -21,6 +21,22 @@ from llmbackend._redaction import Redactor
 __all__ = ["LoggerFactory", "configure_logging"]
 
 
+class _LevelCheckedLogger(structlog.stdlib.BoundLogger):
+    """A stdlib-backed logger that asks the stdlib logger's (cached) level first, so a debug
+    or info event nobody listens to costs a method call, not an event dict and a dropped
+    event through the processor chain: the hot path logs at debug level on every request."""
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return None
+        return super().debug(event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return None
+        return super().info(event, *args, **kw)
+
+
 @frozen(kw_only=True)
 class LoggerFactory:
     """Builds the loggers handed to backends and the service.
@@ -45,11 +61,17 @@ class LoggerFactory:
     def __call__(self, name: str) -> Any:
         ours: list[Any] = [add_correlation_id, self.redactor]
         if structlog.is_configured():
-            configured = structlog.get_config()["processors"]
-            return structlog.wrap_logger(
-                None, processors=[*ours, *configured], logger_factory_args=(name,)
+            # What wrap_logger's proxy would build on every use, built once: the
+            # application's wrapper class (a filtering one makes dropped levels no-ops).
+            config = structlog.get_config()
+            return config["wrapper_class"](
+                config["logger_factory"](name),
+                processors=[*ours, *config["processors"]],
+                context=config["context_class"](),
             )
-        return structlog.wrap_logger(
+        # Built directly rather than through wrap_logger's lazy proxy, which re-binds on
+        # every attribute access (~4 µs per log call, even for a dropped debug event).
+        return _LevelCheckedLogger(
             logging.getLogger(name),
             # Level filtering first: a dropped debug event costs no redaction.
             processors=[
@@ -58,7 +80,7 @@ class LoggerFactory:
                 structlog.stdlib.add_log_level,
                 structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=False),
             ],
-            wrapper_class=structlog.stdlib.BoundLogger,
+            context={},
         )
 
 
