@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from llmbackend.errors import ConfigProblem, ConfigurationError, LlmBackendError
 from llmbackend.plugins import ILlmBackendPlugin
 from llmbackend.prompts import PromptBuilderFactory
 from llmbackend.service import LlmService
-from llmbackend.settings import LlmBackendConfig, LlmSettings
+from llmbackend.settings import CacheProvider, LlmBackendConfig, LlmSettings
 from llmbackend.state import StateStore, open_store
 
 if TYPE_CHECKING:
@@ -259,6 +260,36 @@ async def open_service(
             await _maybe_await(container.shutdown_resources())
 
 
+def _preload(settings: LlmSettings, registry: PluginRegistry) -> None:
+    """Import, in the worker thread, the modules building the service will need: provider
+    modules, the telemetry integrations and the store drivers. An import on the event loop
+    is a stall of tens of milliseconds for every other task."""
+    for config in settings.backends:
+        plugin = registry.plugin_for(config.resolved_type)
+        preload = getattr(plugin, "preload", None)  # optional: the built-in plugin has one
+        if config.enabled and callable(preload):
+            preload(config.resolved_type)
+    modules = []
+    if settings.telemetry.enable_metrics:
+        modules.append("llmbackend._prometheus")
+    if settings.telemetry.enable_tracing:
+        modules.append("llmbackend._tracing")
+    stores = {settings.caching.provider} if needs_store(settings) else set()
+    if settings.memory.enabled:
+        stores.add(settings.memory.provider)
+    modules += [_STORE_MODULES[kind] for kind in stores if kind in _STORE_MODULES]
+    for module in modules:
+        with contextlib.suppress(ImportError):  # opening the store reports a missing extra
+            importlib.import_module(module)
+
+
+#: The store modules that import a driver (aiosqlite, redis).
+_STORE_MODULES = {
+    CacheProvider.SQLITE: "llmbackend.state._sqlite",
+    CacheProvider.REDIS: "llmbackend.state._redis",
+}
+
+
 async def _maybe_await(result: Awaitable[None] | None) -> None:
     # dependency-injector returns an awaitable only when some resource is async.
     if result is not None:
@@ -288,6 +319,7 @@ def _prepare(
     ]
     if problems:
         raise ConfigurationError(problems)
+    _preload(resolved, plugin_registry)
     if token_counter is None:
         # Only a conversation's trimming counts tokens; loading a tokenizer reads a file,
         # so it happens here, in this worker thread, never on the event loop.

@@ -22,6 +22,10 @@ class ILlmBackendPlugin(Protocol):
     :mod:`llmbackend.prompts`). A service whose plugins offer them lets backends select
     them with ``prompt_builder_type``. Built-in names cannot be replaced; a malformed
     mapping is logged (``prompt_builders_ignored``) and skipped.
+
+    Also optional: ``preload(backend_type)``, called by ``open_service`` in its worker
+    thread for each enabled backend of the plugin's types, to import heavy modules there
+    rather than on the event loop when ``create_backend`` runs.
     """
 
     plugin_id: str

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -164,3 +167,43 @@ async def test_config_file_path(tmp_path: Path) -> None:
     path.write_text('[[backends]]\nname = "a"\ncustom_backend_type = "fake"\n')
     async with open_service(path, plugins=[FakeBackendPlugin()], base_dir=tmp_path) as service:
         assert [b.name for b in service.backends] == ["a"]
+
+
+class PreloadingPlugin(FakeBackendPlugin):
+    """A fake plugin with the optional ``preload`` hook, recording the thread it ran on."""
+
+    def __init__(self) -> None:
+        self.preloaded: list[tuple[str, int]] = []
+
+    def preload(self, backend_type: str) -> None:
+        self.preloaded.append((backend_type, threading.get_ident()))
+
+
+async def test_provider_imports_happen_in_the_worker_thread_not_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """open_service asks each enabled backend's plugin to preload (import) its provider in
+    the validation thread, so building the backends never imports on the event loop; a
+    disabled backend is not preloaded."""
+    plugin = PreloadingPlugin()
+    settings = {"backends": [fake_backend("a"), fake_backend("off", enabled=False)]}
+    async with open_service(settings, plugins=[plugin], base_dir=tmp_path):
+        pass
+
+    assert [kind for kind, _ in plugin.preloaded] == ["fake"]
+    assert plugin.preloaded[0][1] != threading.get_ident()
+
+
+def test_the_builtin_plugin_preloads_the_provider_module_of_a_type() -> None:
+    """BuiltinPlugin.preload imports the module a backend type lives in (a fresh
+    interpreter, so nothing else imported it first)."""
+    code = (
+        "import sys; from llmbackend.backends._builtin import BuiltinPlugin\n"
+        "before = 'llmbackend.backends.anthropic' in sys.modules\n"
+        "BuiltinPlugin().preload('anthropic')\n"
+        "print(before, 'llmbackend.backends.anthropic' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "True"]

@@ -74,6 +74,13 @@ class BuiltinPlugin:
         """Always usable: provider dependencies are the SDK's own."""
         return True
 
+    def preload(self, backend_type: str) -> None:
+        """Import the provider module of ``backend_type`` now. ``open_service`` calls this
+        from its worker thread, so building the backend later never imports on the loop."""
+        target = self._backends.get(backend_type.lower())
+        if target is not None:
+            _load_class(target)
+
 
 def _load_class(target: str) -> type[BaseLlmBackend]:
     module_name, _, class_name = target.partition(":")
