@@ -6,6 +6,9 @@ Start with :func:`open_service`::
         answer = await service.complete(LlmRequest(prompt="Hello"))
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from llmbackend._correlation import correlation_id
 from llmbackend._logging import LoggerFactory, configure_logging
 from llmbackend._memory import ConversationMemory
@@ -77,20 +80,6 @@ from llmbackend.prompts import (
     register_prompt_builder,
     unregister_prompt_builder,
 )
-from llmbackend.quick import (
-    Answer,
-    AnswerStream,
-    AsyncChatSession,
-    ChatSession,
-    aask,
-    achat,
-    aclose_default_service,
-    ask,
-    astream,
-    chat,
-    configure,
-    stream,
-)
 from llmbackend.service import LlmService
 from llmbackend.settings import (
     CacheProvider,
@@ -113,6 +102,22 @@ from llmbackend.settings import (
 )
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from llmbackend.quick import (
+        Answer,
+        AnswerStream,
+        AsyncChatSession,
+        ChatSession,
+        aask,
+        achat,
+        aclose_default_service,
+        ask,
+        astream,
+        chat,
+        configure,
+        stream,
+    )
 
 __all__ = [
     "AllBackendsFailedError",
@@ -215,3 +220,36 @@ __all__ = [
     "unregister_plugin",
     "unregister_prompt_builder",
 ]
+
+
+#: The quick API loads on first use (``llmbackend.ask``): a service-only application never
+#: pays for it at import.
+_LAZY = dict.fromkeys(
+    (
+        "Answer",
+        "AnswerStream",
+        "AsyncChatSession",
+        "ChatSession",
+        "aask",
+        "achat",
+        "aclose_default_service",
+        "ask",
+        "astream",
+        "chat",
+        "configure",
+        "stream",
+    ),
+    "llmbackend.quick",
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # resolved once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

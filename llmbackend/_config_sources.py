@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import tomllib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -84,6 +83,8 @@ def load_document(file: pathlib.Path, *, allowed: tuple[str, ...] = tuple(_SUFFI
                 f"is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
             ) from None
     if kind == "TOML":
+        import tomllib  # only TOML files need it
+
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

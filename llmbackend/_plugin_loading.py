@@ -7,7 +7,6 @@ how failures are reported; the registry decides what registering means.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import inspect
 import os
 from collections.abc import Iterable, Iterator
@@ -26,6 +25,8 @@ from llmbackend._plugin_import import (
 from llmbackend.errors import PluginError
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from llmbackend.plugins import ILlmBackendPlugin
     from llmbackend.settings import PluginSettings
 
@@ -69,6 +70,8 @@ class PluginLoadingMixin:
         ``register_plugin(registry)`` function. Failures are logged and skipped.
         """
         loaded: list[str] = []
+        import importlib.metadata  # ~20 ms: only when entry points are read
+
         for entry_point in sorted(importlib.metadata.entry_points(group=group), key=_ep_key):
             source = f"entry_point:{entry_point.name}"
             try:
@@ -189,7 +192,7 @@ class PluginLoadingMixin:
         )
 
 
-def _ep_key(entry_point: importlib.metadata.EntryPoint) -> tuple[str, str]:
+def _ep_key(entry_point: EntryPoint) -> tuple[str, str]:
     return entry_point.name, entry_point.value
 
 

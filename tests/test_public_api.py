@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import llmbackend
 import llmbackend.backends
 import llmbackend.testing
@@ -62,6 +64,16 @@ def test_top_level_export_set() -> None:
     assert not [name for name in llmbackend.__all__ if name.startswith("_")]
 
 
+def test_every_root_export_resolves_including_the_lazy_quick_api() -> None:
+    """Each name in llmbackend.__all__ is reachable, the lazily loaded quick API too, and
+    an unknown name is an AttributeError naming it."""
+    for name in llmbackend.__all__:
+        assert getattr(llmbackend, name) is not None, name
+    assert llmbackend.ask is llmbackend.quick.ask
+    with pytest.raises(AttributeError, match="has no attribute 'nonexistent'"):
+        _ = llmbackend.nonexistent
+
+
 def test_backends_and_testing_exports_resolve() -> None:
     """llmbackend.backends (lazily) and llmbackend.testing export what they declare."""
     for module in (llmbackend.backends, llmbackend.testing):
@@ -85,5 +97,6 @@ def test_import_loads_no_provider_module_and_no_optional_integration() -> None:
     assert "llmbackend.backends.openai" not in loaded
     assert "llmbackend.cli" not in loaded
     assert "llmbackend.testing" not in loaded
+    assert "llmbackend.quick" not in loaded  # the quick API loads on first use
     assert "tiktoken" not in loaded  # the tokenizer loads when a service needs it
     assert len(loaded) < 60

@@ -7,7 +7,6 @@ llmbackend (or creating the default registry) never pays for providers that are 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -94,6 +93,8 @@ def _load_class(target: str) -> type[BaseLlmBackend]:
 
 
 def _sdk_version() -> str:
+    import importlib.metadata  # ~20 ms: only when a registry is made
+
     try:
         return importlib.metadata.version("llmbackend")
     except importlib.metadata.PackageNotFoundError:

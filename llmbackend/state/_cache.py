@@ -13,6 +13,7 @@ so an error, a cut stream or a length-truncated answer can never be replayed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -73,7 +74,11 @@ def _response_converter() -> JsonConverter:
     return converter
 
 
-_CONVERTER = _response_converter()
+@functools.cache
+def _converter() -> JsonConverter:
+    # Built on first use: generating the (un)structure functions costs milliseconds that
+    # `import llmbackend` should not pay when no cache is configured.
+    return _response_converter()
 
 
 @frozen
@@ -246,7 +251,7 @@ class ResponseCache:
         envelope = {
             "format": _FORMAT,
             "expires_at": now + self._ttl,
-            "response": _CONVERTER.unstructure(response),
+            "response": _converter().unstructure(response),
         }
         value = json.dumps(envelope, separators=(",", ":")).encode()
         try:
@@ -274,7 +279,7 @@ class ResponseCache:
             envelope = json.loads(raw)
             if envelope.get("format") != _FORMAT or envelope["expires_at"] <= self._clock():
                 return None
-            return _CONVERTER.structure(envelope["response"], LlmResponse)
+            return _converter().structure(envelope["response"], LlmResponse)
         except Exception as exc:  # noqa: BLE001  # an unreadable entry is a miss, not an outage
             self._failed("decode", exc)
             return None
