@@ -30,7 +30,7 @@ from llmbackend._tokens import ESTIMATE, TokenCounter, fit_turns
 from llmbackend.errors import StateStoreError
 from llmbackend.models import ChatMessage, ToolCall
 from llmbackend.settings import MemorySettings
-from llmbackend.state import CacheStore
+from llmbackend.state._protocols import CacheStore
 
 __all__ = ["ConversationMemory", "decode_messages", "encode_messages"]
 

@@ -45,7 +45,6 @@ from llmbackend.prompts import (
     substituted,
 )
 from llmbackend.settings import CacheProvider, LlmBackendConfig, LlmSettings
-from llmbackend.state import MemoryStore
 
 if TYPE_CHECKING:
     from llmbackend._registry import PluginRegistry
@@ -177,6 +176,8 @@ class PromptPipeline:
                         )
                     ]
                 )
+            from llmbackend.state._memory import MemoryStore  # only with memory on
+
             store = MemoryStore(settings.memory.key_prefix)
             memory = ConversationMemory(store, settings.memory, logger_factory=logger_factory)
         builders = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING
 
 from attrs import define, field
 
@@ -18,18 +19,20 @@ from llmbackend._logging import LoggerFactory
 from llmbackend.backends.base import BaseLlmBackend
 from llmbackend.models import ChatRequest, EmbeddingRequest, LlmResponse
 from llmbackend.settings import LlmSettings, RateLimitSettings
-from llmbackend.state import (
-    BudgetLedger,
-    BudgetSnapshot,
-    CacheKey,
-    CacheStatistics,
-    RateLimiter,
-    RateLimitPolicy,
-    ResponseCache,
-    StateStore,
-    estimate_prompt_tokens,
-    worst_case_cost,
-)
+from llmbackend.state._cost import estimate_prompt_tokens, worst_case_cost
+
+if TYPE_CHECKING:
+    # The features themselves load in build_state_guard, when a configuration uses them.
+    from llmbackend.state import (
+        BudgetLedger,
+        BudgetSnapshot,
+        CacheKey,
+        CacheStatistics,
+        RateLimiter,
+        RateLimitPolicy,
+        ResponseCache,
+        StateStore,
+    )
 
 __all__ = ["Bill", "StateGuard", "build_state_guard", "needs_store", "request_estimate"]
 
@@ -171,6 +174,8 @@ def build_state_guard(
     """The guard for ``settings`` on ``store`` (``None``: no state features are on)."""
     if store is None:
         return StateGuard()
+    from llmbackend.state import BudgetLedger, RateLimiter, RateLimitPolicy, ResponseCache
+
     # A crashed process's slots and holds lapse after the longest a request may take.
     lease = settings.timeout_seconds * 2
 

@@ -35,7 +35,8 @@ from llmbackend.plugins import ILlmBackendPlugin
 from llmbackend.prompts import PromptBuilderFactory
 from llmbackend.service import LlmService
 from llmbackend.settings import CacheProvider, LlmBackendConfig, LlmSettings
-from llmbackend.state import StateStore, open_store
+from llmbackend.state._factory import open_store
+from llmbackend.state._protocols import StateStore
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -275,12 +276,22 @@ def _preload(settings: LlmSettings, registry: PluginRegistry) -> None:
     if settings.telemetry.enable_tracing:
         modules.append("llmbackend._tracing")
     stores = {settings.caching.provider} if needs_store(settings) else set()
+    if stores:  # the cache, limiter and ledger features
+        modules += [
+            "llmbackend.state._cache",
+            "llmbackend.state._limiter",
+            "llmbackend.state._budget",
+        ]
     if settings.memory.enabled:
         stores.add(settings.memory.provider)
     modules += [_STORE_MODULES[kind] for kind in stores if kind in _STORE_MODULES]
     for module in modules:
         with contextlib.suppress(ImportError):  # opening the store reports a missing extra
             importlib.import_module(module)
+    if settings.caching.enabled:
+        from llmbackend.state._cache import response_converter
+
+        response_converter()  # generated (un)structure code, built here once
 
 
 #: The store modules that import a driver (aiosqlite, redis).

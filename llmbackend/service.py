@@ -62,11 +62,13 @@ from llmbackend.models import (
     StreamEvent,
 )
 from llmbackend.settings import LlmSettings, SelectionStrategy
-from llmbackend.state import CacheKey, StreamAssembler, replay_stream
+from llmbackend.state._streams import StreamAssembler, replay_stream
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
+
+    from llmbackend.state import CacheKey
 
 __all__ = ["LlmService"]
 

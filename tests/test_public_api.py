@@ -98,5 +98,8 @@ def test_import_loads_no_provider_module_and_no_optional_integration() -> None:
     assert "llmbackend.cli" not in loaded
     assert "llmbackend.testing" not in loaded
     assert "llmbackend.quick" not in loaded  # the quick API loads on first use
+    # Cache, limiter and ledger load when a service's configuration uses them.
+    assert not {"llmbackend.state._cache", "llmbackend.state._limiter"} & set(loaded)
+    assert "llmbackend.state._budget" not in loaded
     assert "tiktoken" not in loaded  # the tokenizer loads when a service needs it
     assert len(loaded) < 60

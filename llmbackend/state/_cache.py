@@ -75,7 +75,7 @@ def _response_converter() -> JsonConverter:
 
 
 @functools.cache
-def _converter() -> JsonConverter:
+def response_converter() -> JsonConverter:
     # Built on first use: generating the (un)structure functions costs milliseconds that
     # `import llmbackend` should not pay when no cache is configured.
     return _response_converter()
@@ -251,7 +251,7 @@ class ResponseCache:
         envelope = {
             "format": _FORMAT,
             "expires_at": now + self._ttl,
-            "response": _converter().unstructure(response),
+            "response": response_converter().unstructure(response),
         }
         value = json.dumps(envelope, separators=(",", ":")).encode()
         try:
@@ -279,7 +279,7 @@ class ResponseCache:
             envelope = json.loads(raw)
             if envelope.get("format") != _FORMAT or envelope["expires_at"] <= self._clock():
                 return None
-            return _converter().structure(envelope["response"], LlmResponse)
+            return response_converter().structure(envelope["response"], LlmResponse)
         except Exception as exc:  # noqa: BLE001  # an unreadable entry is a miss, not an outage
             self._failed("decode", exc)
             return None
