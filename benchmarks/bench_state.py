@@ -7,7 +7,8 @@ directory and a throw-away local redis-server (skipped when none is installed), 
 * budget: ``reserve(worst_case)`` + ``settle(reservation, actual)``, what every paid call adds;
 * rate limit: ``acquire()`` + ``release()`` under a window and a concurrency limit.
 
-Run: ``.venv/bin/python benchmarks/bench_state.py [--iterations N]``.
+Run: ``.venv/bin/python benchmarks/bench_state.py [--iterations N]``; ``make bench`` runs it
+as part of the llmbackend-only section (``sdk_only.py``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ async def measure(store: StateStore, iterations: int) -> tuple[float, float, flo
     )
 
 
-async def main(iterations: int) -> None:
+async def collect(iterations: int) -> list[tuple[str, float, float, float]]:
+    """(store, cache hit, budget reserve+settle, rate limit) in µs per operation, for the
+    memory store, a SQLite file and, when ``redis-server`` is installed, a local Redis."""
     rows: list[tuple[str, float, float, float]] = []
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         locations: list[tuple[str, str | None, int]] = [
@@ -103,6 +106,11 @@ async def main(iterations: int) -> None:
         for kind, location, count in locations:
             async with open_store(kind, location, "bench:") as store:
                 rows.append((kind, *await measure(store, count)))
+    return rows
+
+
+async def main(iterations: int) -> None:
+    rows = await collect(iterations)
     print(f"{'store':<8} {'cache hit':>12} {'budget r+s':>12} {'rate limit':>12}   (µs per op)")
     for kind, hit, budget, limit in rows:
         print(f"{kind:<8} {hit:>12.1f} {budget:>12.1f} {limit:>12.1f}")

@@ -1,6 +1,7 @@
 """Per-request cost of telemetry: metrics and tracing on versus off, against FakeBackend.
 
-Run: ``.venv/bin/python benchmarks/bench_telemetry.py [--requests N] [--rounds R]``
+Run: ``.venv/bin/python benchmarks/bench_telemetry.py [--requests N] [--rounds R]``; ``make
+bench`` runs it as part of the llmbackend-only section (``sdk_only.py``).
 
 Each variant serves the same sequential requests (``chat``, and a four-chunk ``stream``)
 from an in-process ``FakeBackend``, so what is measured is the SDK's own bookkeeping.
@@ -92,7 +93,8 @@ async def _stream(service: LlmService, count: int) -> float:
     return time.process_time() - started
 
 
-async def main(count: int, rounds: int) -> None:
+async def collect(count: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """Variant name → (chat, stream) µs per request, the best round of each."""
     variants = _variants()
     services = {
         name: _service(telemetry, provider) for name, (telemetry, provider, _) in variants.items()
@@ -113,9 +115,13 @@ async def main(count: int, rounds: int) -> None:
                 gc.enable()
     for service in services.values():
         await service.aclose()
-    results = {
+    return {
         name: (chat / count * 1e6, stream / count * 1e6) for name, (chat, stream) in best.items()
     }
+
+
+async def main(count: int, rounds: int) -> None:
+    results = await collect(count, rounds)
     base_chat, base_stream = results["off"]
     print(f"{count} sequential requests per round, best of {rounds} rounds (µs per request)")
     print(f"{'telemetry':<24}{'chat':>9}{'Δ chat':>10}{'stream':>10}{'Δ stream':>10}")
