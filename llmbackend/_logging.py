@@ -26,6 +26,10 @@ class _LevelCheckedLogger(structlog.stdlib.BoundLogger):
     or info event nobody listens to costs a method call, not an event dict and a dropped
     event through the processor chain: the hot path logs at debug level on every request."""
 
+    def is_enabled_for(self, level: int) -> bool:
+        """Whether an event at ``level`` would be logged (as structlog's filtering loggers)."""
+        return self._logger.isEnabledFor(level)
+
     def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
         if not self._logger.isEnabledFor(logging.DEBUG):
             return None

@@ -23,7 +23,7 @@ from llmbackend._logging import LoggerFactory
 from llmbackend._memory import ConversationMemory
 from llmbackend._observer import Observer
 from llmbackend._prompting import PromptPipeline, check_prompt_builders, prompt_builder_table
-from llmbackend._redaction import redactor_for
+from llmbackend._redaction import Redactor, redactor_for
 from llmbackend._registry import PluginRegistry, default_registry
 from llmbackend._state_guard import build_state_guard, needs_store
 from llmbackend._telemetry import build_observer, metrics_registry_for
@@ -211,7 +211,7 @@ async def open_service(
     ``token_counter`` (default: tiktoken when installed, else the estimate).
     """
     # Reading files and importing plugins is blocking work: keep it off the event loop.
-    resolved, plugin_registry, builders, counter = await asyncio.to_thread(
+    resolved, plugin_registry, builders, counter, redactor = await asyncio.to_thread(
         functools.partial(
             _prepare,
             settings,
@@ -250,6 +250,8 @@ async def open_service(
             prompt_builders=providers.Object(builders),
             memory_store=providers.Object(memory_store),
             token_counter=providers.Object(counter),
+            # Compiled in the worker thread: a large secret pattern takes milliseconds.
+            redactor=providers.Object(redactor),
         )
         service: LlmService = container.service()  # builds the backends; no HTTP yet
         try:
@@ -316,7 +318,7 @@ def _prepare(
     secret_resolver: Callable[[str], str | None] | None,
     base_dir: Path | None,
     token_counter: TokenCounter | None,
-) -> tuple[LlmSettings, PluginRegistry, dict[str, PromptBuilderFactory], TokenCounter]:
+) -> tuple[LlmSettings, PluginRegistry, dict[str, PromptBuilderFactory], TokenCounter, Redactor]:
     """Load and check everything a service needs; raise before anything starts."""
     resolved = load_settings(settings, environ=environ, secret_resolver=secret_resolver)
     plugin_registry = (registry or default_registry()).copy()
@@ -335,4 +337,4 @@ def _prepare(
         # Only a conversation's trimming counts tokens; loading a tokenizer reads a file,
         # so it happens here, in this worker thread, never on the event loop.
         token_counter = default_token_counter() if resolved.memory.enabled else ESTIMATE
-    return resolved, plugin_registry, builders, token_counter
+    return resolved, plugin_registry, builders, token_counter, redactor_for(resolved)

@@ -41,7 +41,7 @@ from llmbackend._state_guard import StateGuard
 from llmbackend._strategies import StrategyState, order_candidates
 from llmbackend._streaming import recovering_stream
 from llmbackend._telemetry import build_observer, metrics_registry_for
-from llmbackend.backends.base import BaseLlmBackend, Capability
+from llmbackend.backends.base import ATTEMPT_DEADLINE, BaseLlmBackend, Capability
 from llmbackend.errors import (
     BackendError,
     BackendTimeoutError,
@@ -454,8 +454,16 @@ class LlmService:
         async with contextlib.aclosing(plan.attempts()) as attempts:
             async for backend in attempts:
                 try:
-                    async with asyncio.timeout(plan.remaining()):
+                    remaining = plan.remaining()
+                    if self._attempt_bounds_itself(backend, remaining):
                         return await self._attempt(backend, call, plan, request)
+                    async with asyncio.timeout(remaining):
+                        # This timer ends the attempt first: the backend arms no second one.
+                        bound = ATTEMPT_DEADLINE.set(asyncio.get_running_loop().time() + remaining)
+                        try:
+                            return await self._attempt(backend, call, plan, request)
+                        finally:
+                            ATTEMPT_DEADLINE.reset(bound)
                 except TimeoutError:
                     error = BackendTimeoutError(
                         "the request deadline was spent", backend=backend.name
@@ -464,6 +472,20 @@ class LlmService:
                 except (BackendError, NotSupportedError) as exc:
                     plan.failed(backend, exc)
         raise plan.exhausted("chat" if capability is Capability.CHAT else capability.value)
+
+    def _attempt_bounds_itself(self, backend: BaseLlmBackend, remaining: float) -> bool:
+        """Whether the backend's own attempt timeout already ends the attempt within the
+        request deadline, so a second timer would only cost time: nothing else (rate-limit
+        queue, budget store) runs in the attempt, and the backend keeps the base class's
+        timed ``chat``/``embed``."""
+        limit = backend.attempt_timeout
+        return (
+            limit is not None
+            and limit <= remaining
+            and not self.state.active
+            and type(backend).chat is BaseLlmBackend.chat
+            and type(backend).embed is BaseLlmBackend.embed
+        )
 
     async def _attempt(
         self,

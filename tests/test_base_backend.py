@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
 import pytest
 
 from llmbackend._logging import LoggerFactory
-from llmbackend.backends.base import BaseLlmBackend, Capability
+from llmbackend.backends.base import ATTEMPT_DEADLINE, BaseLlmBackend, Capability
 from llmbackend.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -115,6 +116,25 @@ async def test_attempt_timeout_becomes_backend_timeout() -> None:
     with pytest.raises(BackendTimeoutError):
         await backend.chat(HELLO)
     assert backend.statistics().failed_requests == 1
+
+
+async def test_a_shorter_caller_deadline_replaces_the_attempt_timer_not_a_longer_one() -> None:
+    """Under a caller's deadline (ATTEMPT_DEADLINE, set by the service) the backend arms no
+    timer of its own when the deadline comes first, and keeps its own when it is shorter;
+    either way the call is bounded: a slow answer still ends as a timeout."""
+    backend = FakeBackend(config(timeout_seconds=5.0))
+    loop = asyncio.get_running_loop()
+    assert backend._own_timeout() == 5.0  # no caller deadline
+    token = ATTEMPT_DEADLINE.set(loop.time() + 1.0)
+    try:
+        assert backend._own_timeout() is None  # the caller's 1 s timer ends it first
+        assert FakeBackend(config(timeout_seconds=0.5))._own_timeout() == 0.5
+        backend.push(FakeReply(delay=5))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):  # the caller's timer, as the service arms it
+                await backend.chat(HELLO)
+    finally:
+        ATTEMPT_DEADLINE.reset(token)
 
 
 async def test_minimal_subclass_gets_complete_and_refuses_the_rest() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import contextvars
 import enum
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime
@@ -49,7 +51,13 @@ from llmbackend.models import (
 )
 from llmbackend.settings import LlmBackendConfig
 
-__all__ = ["BaseLlmBackend", "Capability", "SessionFactory", "StreamFrames"]
+__all__ = ["ATTEMPT_DEADLINE", "BaseLlmBackend", "Capability", "SessionFactory", "StreamFrames"]
+
+#: The event-loop time by which a caller's own timer ends the current attempt (the service
+#: sets it around each attempt); a backend whose attempt timeout would end later arms none.
+ATTEMPT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "llmbackend_attempt_deadline", default=None
+)
 
 #: Returns the shared aiohttp session; backends borrow it and never close it.
 SessionFactory = Callable[[], aiohttp.ClientSession]
@@ -140,6 +148,16 @@ class BaseLlmBackend(abc.ABC):
         )
         return first, idle
 
+    def _own_timeout(self) -> float | None:
+        """The attempt timeout this call must arm itself: ``None`` (no timer) when a caller's
+        timer (the service's request deadline, see :data:`ATTEMPT_DEADLINE`) ends the attempt
+        no later than this one would, so one timer, not two, bounds each attempt."""
+        limit = self.attempt_timeout
+        deadline = ATTEMPT_DEADLINE.get()
+        if limit is None or deadline is None:
+            return limit
+        return limit if asyncio.get_running_loop().time() + limit < deadline else None
+
     @property
     def attempt_timeout(self) -> float | None:
         """Seconds one attempt may take (``timeout_seconds`` of the backend config)."""
@@ -159,7 +177,7 @@ class BaseLlmBackend(abc.ABC):
         started = time.perf_counter()
         try:
             with map_transport_errors(self.name):
-                async with asyncio.timeout(self.attempt_timeout):
+                async with asyncio.timeout(self._own_timeout()):
                     response = await self._chat(request)
         except LlmBackendError as exc:
             self._failed("chat", exc, started)
@@ -169,16 +187,17 @@ class BaseLlmBackend(abc.ABC):
         cost = self.cost_of(usage)
         response = attrs.evolve(response, backend=self.name, duration_ms=duration_ms, cost_usd=cost)
         self.record_success(duration_ms, usage, cost)
-        self._log.debug(
-            "backend_request_succeeded",
-            operation="chat",
-            model=response.model,
-            duration_ms=round(duration_ms, 2),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            finish_reason=response.finish_reason,
-            **self._content_fields(request, response.content),
-        )
+        if self._debug_enabled():
+            self._log.debug(
+                "backend_request_succeeded",
+                operation="chat",
+                model=response.model,
+                duration_ms=round(duration_ms, 2),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                finish_reason=response.finish_reason,
+                **self._content_fields(request, response.content),
+            )
         return response
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -269,7 +288,7 @@ class BaseLlmBackend(abc.ABC):
         started = time.perf_counter()
         try:
             with map_transport_errors(self.name, phase="embedding"):
-                async with asyncio.timeout(self.attempt_timeout):
+                async with asyncio.timeout(self._own_timeout()):
                     response = await self._embed(request)
         except LlmBackendError as exc:
             self._failed("embed", exc, started)
@@ -279,13 +298,14 @@ class BaseLlmBackend(abc.ABC):
         cost = self.cost_of(usage)
         response = attrs.evolve(response, backend=self.name, duration_ms=duration_ms, cost_usd=cost)
         self.record_success(duration_ms, usage, cost)
-        self._log.debug(
-            "backend_request_succeeded",
-            operation="embed",
-            model=response.model,
-            duration_ms=round(duration_ms, 2),
-            inputs=len(request.inputs),
-        )
+        if self._debug_enabled():
+            self._log.debug(
+                "backend_request_succeeded",
+                operation="embed",
+                model=response.model,
+                duration_ms=round(duration_ms, 2),
+                inputs=len(request.inputs),
+            )
         return response
 
     async def models(self) -> list[str]:
@@ -440,6 +460,12 @@ class BaseLlmBackend(abc.ABC):
             status=getattr(exc, "status", None),
             duration_ms=round(duration_ms, 2),
         )
+
+    def _debug_enabled(self) -> bool:
+        """Whether a debug event would be logged: asked first so an unheard event does not
+        build its fields (rounding, content) on every request."""
+        check = getattr(self._log, "is_enabled_for", None)
+        return True if check is None else bool(check(logging.DEBUG))
 
     def _content_fields(self, request: ChatRequest, answer: str) -> dict[str, Any]:
         fields: dict[str, Any] = {}
