@@ -6,10 +6,10 @@ Start with :func:`open_service`::
         answer = await service.complete(LlmRequest(prompt="Hello"))
 """
 
-import importlib
 from typing import TYPE_CHECKING
 
 from llmbackend._correlation import correlation_id
+from llmbackend._lazy import lazy_names
 from llmbackend._logging import LoggerFactory, configure_logging
 from llmbackend._memory import ConversationMemory
 from llmbackend._observer import AttemptObservation, Observer, RequestObservation
@@ -243,13 +243,4 @@ _LAZY = dict.fromkeys(
 )
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # resolved once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY, __all__)

@@ -6,9 +6,9 @@ Provider modules are imported on first use (``llmbackend.backends.OpenAIBackend`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from llmbackend._lazy import lazy_names
 from llmbackend.backends._http import HttpBackend
 from llmbackend.backends.base import BaseLlmBackend, Capability, SessionFactory
 
@@ -46,7 +46,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(globals(), _LAZY, __all__)

@@ -11,8 +11,9 @@ The drivers (``aiosqlite``, ``redis``) are optional extras, imported only when t
 is opened.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from llmbackend._lazy import lazy_names
 
 if TYPE_CHECKING:
     from llmbackend.state._budget import BudgetLedger, BudgetSnapshot, Reservation
@@ -93,13 +94,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # resolved once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY, __all__)

@@ -36,7 +36,9 @@ async def race_in_two_processes(spec: dict[str, Any]) -> list[int]:
             for process in processes:
                 assert process.stdout is not None
                 line = await process.stdout.readline()
-                assert line == b"ready\n", line
+                if line != b"ready\n":  # it died: show why
+                    assert process.stderr is not None
+                    raise AssertionError((await process.stderr.read()).decode() or line)
             for process in processes:
                 assert process.stdin is not None
                 process.stdin.write(b"go\n")
