@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from llmbackend._cli_common import stream_to_console
 from llmbackend._demo_detect import Found, detect_providers
 from llmbackend._demo_report import Outcome, print_report
-from llmbackend._observer import Observer, RequestObservation
+from llmbackend._observer import Observer, RequestObservation, skip_category
 from llmbackend.container import open_service
 from llmbackend.errors import LlmBackendError
 from llmbackend.models import ChatMessage, ChatRequest, EmbeddingRequest
@@ -152,9 +152,10 @@ class _Seen(RequestObservation):
         self._tally.retries[backend] += 1
 
     def skipped(self, backend: str, reason: str) -> None:
-        if "circuit" in reason:
+        category = skip_category(reason)  # the categories the metrics label skips with
+        if category == "circuit_open":
             self._tally.skipped_breaker[backend] += 1
-        elif "spend limit" in reason:
+        elif category == "budget_exhausted":
             self._tally.skipped_budget[backend] += 1
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "Observer",
     "RequestObservation",
     "compose",
+    "skip_category",
 ]
 
 
@@ -290,3 +291,26 @@ class ObservedHealthMonitor(HealthMonitor):
         super().record(name, ok=ok, error=error)
         if state.healthy is not before and self.on_change is not None:
             self.on_change(name, state.healthy)
+
+
+#: Skip reasons by category: the reason text holds numbers, the category is a bounded label.
+_SKIP_CATEGORIES = (
+    ("disabled", "disabled"),
+    ("support", "unsupported"),
+    ("circuit", "circuit_open"),
+    ("unhealthy", "unhealthy"),
+    ("not selected", "not_selected"),
+    ("budget", "budget_exhausted"),
+    ("spend limit", "budget_exhausted"),
+    ("spend", "budget_exhausted"),
+    ("rate limit", "rate_limited"),
+)
+
+
+def skip_category(reason: str) -> str:
+    """The bounded label for a skip reason (the reason itself may hold numbers)."""
+    lowered = reason.lower()
+    for marker, category in _SKIP_CATEGORIES:
+        if marker in lowered:
+            return category
+    return "other"

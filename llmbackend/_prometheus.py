@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmbackend._breaker import CircuitState
-from llmbackend._observer import AttemptObservation, Observer, RequestObservation
+from llmbackend._observer import (
+    AttemptObservation,
+    Observer,
+    RequestObservation,
+    skip_category,
+)
 
 if TYPE_CHECKING:
     from llmbackend.backends.base import BaseLlmBackend
@@ -56,26 +61,6 @@ __all__ = ["DEFAULT_BUCKETS", "PrometheusObserver", "skip_category"]
 DEFAULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 _CIRCUIT_CODES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
-_SKIP_CATEGORIES = (
-    ("disabled", "disabled"),
-    ("support", "unsupported"),
-    ("circuit", "circuit_open"),
-    ("unhealthy", "unhealthy"),
-    ("not selected", "not_selected"),
-    ("budget", "budget_exhausted"),
-    ("spend limit", "budget_exhausted"),
-    ("spend", "budget_exhausted"),
-    ("rate limit", "rate_limited"),
-)
-
-
-def skip_category(reason: str) -> str:
-    """The bounded label for a skip reason (the reason itself may hold numbers)."""
-    lowered = reason.lower()
-    for marker, category in _SKIP_CATEGORIES:
-        if marker in lowered:
-            return category
-    return "other"
 
 
 class _Series:

@@ -46,9 +46,11 @@ _FORMAT = 1
 _BYTES_PER_MB = 1024 * 1024
 
 
-def _response_converter() -> JsonConverter:
+@functools.cache
+def response_converter() -> JsonConverter:
     """This module's own converter (never the global one): ``LlmResponse`` to JSON and back,
-    without the fields that describe one call rather than the answer."""
+    without the fields that describe one call rather than the answer. Built on first use
+    (generating its code costs milliseconds `import llmbackend` should not pay)."""
     converter = make_converter()
     omit = override(omit=True)
     converter.register_unstructure_hook(
@@ -72,13 +74,6 @@ def _response_converter() -> JsonConverter:
         ),
     )
     return converter
-
-
-@functools.cache
-def response_converter() -> JsonConverter:
-    # Built on first use: generating the (un)structure functions costs milliseconds that
-    # `import llmbackend` should not pay when no cache is configured.
-    return _response_converter()
 
 
 @frozen
