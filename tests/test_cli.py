@@ -2,61 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import re
-import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from _cli_support import run, table_rows
 from aiohttp import web
 
 from llmbackend import ChatMessage, ChatRequest, add_metrics_route, open_service
 from llmbackend.testing import Behavior, FakeOpenAIServer, FakeProviderServer, ReplayServer
 
-CLI = str(Path(sys.executable).parent / "llmbackend")
-
-#: Variables that would change what the CLI does (configuration, provider keys, the demo's
-#: probes): never inherited from the developer's shell.
-_SCRUBBED = re.compile(
-    r"^(LLMBACKEND_|LLM_|OPENAI_|ANTHROPIC_|GEMINI_|GOOGLE_|COHERE_|OLLAMA_|LLAMACPP_)"
-)
-
 SECRET = "sk-test-0123456789abcdefSECRET"
-
-
-async def run(
-    *args: str, cwd: Path, stdin: bytes | None = None, env: Mapping[str, str] | None = None
-) -> tuple[int, str, str]:
-    """Run the CLI without blocking the loop (the fake server lives on this loop), with
-    HOME in ``cwd`` so no user config leaks in, a fixed width and no colour."""
-    environment = {k: v for k, v in os.environ.items() if not _SCRUBBED.match(k)}
-    environment.update({"HOME": str(cwd), "COLUMNS": "160", "NO_COLOR": "1", **(env or {})})
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        cwd=cwd,
-        env=environment,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-def table_rows(text: str) -> dict[str, list[str]]:
-    """The body rows of the rich tables in ``text``: first cell → the other cells."""
-    rows: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line.startswith("│"):
-            cells = [cell.strip() for cell in line.strip("│").split("│")]
-            if cells[0]:
-                rows[cells[0]] = cells[1:]
-    return rows
 
 
 @pytest.fixture

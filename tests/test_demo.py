@@ -3,56 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import sys
-from collections.abc import Mapping
 from pathlib import Path
+
+from _cli_support import run, table_rows
 
 from llmbackend._demo_detect import LLAMACPP_URL_VAR, OLLAMA_URL_VAR, detect_providers
 from llmbackend.testing import FakeOpenAIServer, FakeProviderServer, ReplayServer, json_reply
 
-CLI = str(Path(sys.executable).parent / "llmbackend")
-
-#: Variables that would change what the demo finds: never inherited from the shell.
-_SCRUBBED = re.compile(
-    r"^(LLMBACKEND_|LLM_|OPENAI_|ANTHROPIC_|GEMINI_|GOOGLE_|COHERE_|OLLAMA_|LLAMACPP_)"
-)
 #: Nothing local is looked for unless a test says where.
 NO_PROBES = {OLLAMA_URL_VAR: "", LLAMACPP_URL_VAR: ""}
 TOTALS = re.compile(
     r"requests (\d+), answered (\d+), failed (\d+), cache hits (\d+), failovers (\d+), "
     r"retries (\d+)"
 )
-
-
-async def run(*args: str, cwd: Path, env: Mapping[str, str]) -> tuple[int, str, str]:
-    """Run the CLI in a subprocess without blocking this loop (fake servers live on it)."""
-    environment = {k: v for k, v in os.environ.items() if not _SCRUBBED.match(k)}
-    environment.update({"HOME": str(cwd), "COLUMNS": "160", "NO_COLOR": "1", **env})
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        cwd=cwd,
-        env=environment,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-def table_rows(text: str) -> dict[str, list[str]]:
-    """The body rows of the rich tables in ``text``: first cell → the other cells."""
-    rows: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line.startswith("│"):
-            cells = [cell.strip() for cell in line.strip("│").split("│")]
-            if cells[0]:
-                rows[cells[0]] = cells[1:]
-    return rows
 
 
 def numbers(row: list[str]) -> dict[str, str]:
